@@ -1,0 +1,209 @@
+"""Model bundles: a folder with the graph or weights plus ``model.json``.
+
+``model.json`` records the labels, the input spec and preprocessing, the source checkpoint,
+metrics, and the sha256 of every file. Loading checks the schema, confines every file reference
+to the bundle folder, and verifies the hashes, so a truncated or tampered bundle is refused with a
+message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import atomic
+from .errors import BundleError, InputError
+from .preprocess import PreprocessSpec
+
+SCHEMA = "fer-edge/bundle"
+SCHEMA_VERSION = 1
+FORMATS = {"pytorch": ".pt", "onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml"}
+PRECISIONS = ("fp32", "fp16", "int8")
+MAX_META_BYTES = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle. ``graph`` is the absolute path of the main model file."""
+
+    root: Path
+    meta: dict
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    format: str
+    precision: str
+    graph: Path
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.root.name)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def _confined(root: Path, rel: object) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"bundle file reference {rel!r} is not a file name")
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")):
+        raise BundleError(f"bundle file reference {rel!r} escapes the bundle folder")
+    full = root / p
+    if full.is_symlink():
+        raise BundleError(f"bundle file {rel!r} is a symbolic link; bundles hold plain files")
+    try:
+        full.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise BundleError(f"bundle file reference {rel!r} escapes the bundle folder") from None
+    return full
+
+
+def _require(meta: dict, key: str, kind: type | tuple[type, ...]):
+    if key not in meta:
+        raise BundleError(f"model.json lacks the field {key!r}")
+    if not isinstance(meta[key], kind):
+        raise BundleError(f"model.json field {key!r} has the wrong type ({type(meta[key]).__name__})")
+    return meta[key]
+
+
+def validate_meta(meta: object) -> None:
+    """Raise BundleError unless ``meta`` is a well-formed model.json object."""
+    if not isinstance(meta, dict):
+        raise BundleError("model.json must hold a JSON object")
+    if meta.get("schema") != SCHEMA:
+        raise BundleError(f"model.json 'schema' must be {SCHEMA!r}, got {meta.get('schema')!r}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"model.json schema_version {meta.get('schema_version')!r} is not supported "
+            f"(this fer-edge reads {SCHEMA_VERSION})"
+        )
+    labels = _require(meta, "labels", list)
+    if len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+        raise BundleError("model.json 'labels' must list at least two non-empty names")
+    if len(set(labels)) != len(labels):
+        raise BundleError("model.json 'labels' has duplicates")
+    try:
+        PreprocessSpec.from_dict(_require(meta, "preprocess", dict))
+    except InputError as e:
+        raise BundleError(f"model.json 'preprocess': {e}") from None
+    model = _require(meta, "model", dict)
+    fmt = model.get("format")
+    if fmt not in FORMATS:
+        raise BundleError(f"model.json model.format {fmt!r} is not one of {sorted(FORMATS)}")
+    if model.get("precision", "fp32") not in PRECISIONS:
+        raise BundleError(f"model.json model.precision must be one of {PRECISIONS}")
+    files = _require(meta, "files", dict)
+    graph = model.get("file")
+    if graph not in files:
+        raise BundleError(f"model.json model.file {graph!r} is not listed in 'files'")
+    for name, digest in files.items():
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise BundleError(f"model.json files[{name!r}] is not a sha256 hex digest")
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Load and verify a bundle folder (or its model.json)."""
+    root = Path(path)
+    if root.name == "model.json":
+        root = root.parent
+    if not root.exists():
+        raise BundleError(f"model bundle {str(root)!r} does not exist")
+    meta_path = root / "model.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{str(root)!r} is not a model bundle: it has no model.json")
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise BundleError(f"{meta_path} is larger than {MAX_META_BYTES} bytes")
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_path} is not valid JSON: {e}") from None
+    validate_meta(meta)
+    for rel, digest in meta["files"].items():
+        full = _confined(root, rel)
+        if not full.is_file():
+            raise BundleError(f"bundle {root} is missing its file {rel!r}")
+        if verify and sha256_file(full) != digest:
+            raise BundleError(
+                f"bundle file {rel!r} fails its sha256 check: it was changed or truncated "
+                "after the bundle was written"
+            )
+    model = meta["model"]
+    return Bundle(
+        root=root,
+        meta=meta,
+        labels=tuple(meta["labels"]),
+        preprocess=PreprocessSpec.from_dict(meta["preprocess"]),
+        format=model["format"],
+        precision=model.get("precision", "fp32"),
+        graph=_confined(root, model["file"]),
+    )
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    files: dict[str, str | os.PathLike | bytes],
+    *,
+    labels: list[str] | tuple[str, ...],
+    preprocess: PreprocessSpec,
+    model: dict,
+    name: str | None = None,
+    source: dict | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+) -> Bundle:
+    """Write a bundle atomically. ``files`` maps names inside the bundle to a path or bytes;
+    ``model`` holds at least ``format`` and ``file`` (the main graph's name in ``files``)."""
+    out_dir = Path(out_dir)
+    meta = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name or out_dir.name,
+        "labels": list(labels),
+        "preprocess": preprocess.to_dict(),
+        "model": dict(model),
+        "source": source or {},
+        "metrics": metrics or {},
+        **(extra or {}),
+        "files": {},
+    }
+    with atomic.atomic_dir(out_dir) as tmp:
+        for rel, content in files.items():
+            dest = _confined(tmp, rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                dest.write_bytes(content)
+            else:
+                shutil.copyfile(content, dest)
+            meta["files"][rel] = sha256_file(dest)
+        validate_meta(meta)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+    return load_bundle(out_dir)
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside the package."""
+    return Path(str(resources.files("fer_edge") / "models" / "default"))
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """Map ``default`` or a path to a bundle folder path (not yet loaded)."""
+    if str(model) == "default":
+        p = default_bundle_path()
+        if not (p / "model.json").is_file():
+            raise BundleError("this fer-edge installation ships no default model bundle")
+        return p
+    return Path(model)

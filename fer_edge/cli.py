@@ -1,0 +1,80 @@
+"""The ``fer-edge`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
+modules load only when their command runs, so on-device commands never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import FerEdgeError
+
+# name -> (module, one-line help). Training and compression modules need the [train] extra.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("fer_edge.train.supervised", "supervised training of a FER classifier"),
+    "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
+    "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),
+    "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog="fer-edge",
+        description="Facial expression recognition: train, compress, export, run on the edge.",
+        epilog=f"commands:\n{lines}\n\nRun 'fer-edge COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    p.add_argument("--version", action="version", version=_version())
+    return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"fer-edge {version('fer-edge')}"
+    except PackageNotFoundError:
+        return "fer-edge (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        _top_parser().parse_args(argv or ["--help"])
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        _top_parser().parse_args([name])  # prints the usage error and exits 2
+    module_name, text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        extra = "train" if e.name and e.name.split(".")[0] in {"torch", "torchvision", "torch_pruning", "litert_torch", "onnx", "sklearn", "matplotlib", "tqdm", "yaml", "nncf"} else None
+        hint = f": pip install 'fer-edge[{extra}]'" if extra else ""
+        print(f"fer-edge {name}: needs the Python package {e.name!r}{hint}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"fer-edge {name}", description=(module.__doc__ or text).strip(), formatter_class=_Formatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except FerEdgeError as e:
+        print(f"fer-edge {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fer-edge {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

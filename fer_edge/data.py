@@ -1,0 +1,374 @@
+"""FER dataset readers (numpy and OpenCV only).
+
+Layouts read by :func:`load_dataset`:
+- split folders: ``root/{train,val,test}/<class>/*`` (pass ``split``),
+- a class-folder root: ``root/<class>/*``,
+- a plain image folder (no labels, for self-supervised pretraining): ``root/*.jpg``,
+- the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``; ``split`` picks the Usage),
+- a label list CSV: ``path,label`` with optional ``valence,arousal`` columns; paths are
+  relative to the CSV's folder.
+
+Class names are matched to the model's labels through :mod:`fer_edge.labels` aliases; classes the
+model does not know are skipped and counted by name. Unreadable images are skipped and counted.
+Decoded images are cached as one uint8 array keyed by the file list, so a second load is fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import atomic
+from .errors import DatasetError, InputError
+from .labels import FER2013_CSV_ORDER, FER_LABELS, canonical
+from .preprocess import PreprocessSpec, resize_face
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+SPLITS = ("train", "val", "test")
+KAGGLE_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+MAX_IMAGE_BYTES = 64 << 20  # a face image larger than this is not a face image
+CACHE_VERSION = 1
+
+
+@dataclass
+class FaceDataset:
+    """Decoded face crops at model input size, with labels.
+
+    ``images``: uint8 (N, S, S, C); ``labels``: int64 (N,), -1 where unlabelled;
+    ``valence``/``arousal``: float32 (N,) with NaN where unknown, or None.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    label_names: tuple[str, ...]
+    paths: list[str]
+    source: str
+    skipped_classes: dict[str, int] = field(default_factory=dict)
+    n_unreadable: int = 0
+    valence: np.ndarray | None = None
+    arousal: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.label_names))
+        return {n: int(c) for n, c in zip(self.label_names, counts, strict=True)}
+
+    def subset(self, index: np.ndarray) -> FaceDataset:
+        index = np.asarray(index)
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return FaceDataset(
+            images=self.images[index],
+            labels=self.labels[index],
+            label_names=self.label_names,
+            paths=[self.paths[i] for i in index],
+            source=self.source,
+            skipped_classes=dict(self.skipped_classes),
+            n_unreadable=self.n_unreadable,
+            valence=pick(self.valence),
+            arousal=pick(self.arousal),
+        )
+
+    def summary(self) -> str:
+        s = f"{len(self)} faces from {self.source}"
+        if self.skipped_classes:
+            s += "; skipped unknown classes " + ", ".join(
+                f"{k} ({v})" for k, v in sorted(self.skipped_classes.items())
+            )
+        if self.n_unreadable:
+            s += f"; skipped {self.n_unreadable} unreadable images"
+        return s
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Indices of a class-stratified random ``fraction`` of ``labels`` (at least 1 per class)."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, round(len(idx) * fraction))
+        out.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """Decode an image file to uint8 gray/BGR/BGRA, or None if it cannot be read."""
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+            return None
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if buf.size == 0:
+        return None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if img is None or img.dtype != np.uint8 or img.size == 0:
+        return None
+    return img
+
+
+def _decode_all(paths: list[str], spec: PreprocessSpec, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and resize every path; returns (images, ok mask)."""
+    out = np.zeros((len(paths), spec.size, spec.size, spec.channels), np.uint8)
+    ok = np.zeros(len(paths), bool)
+
+    def work(i: int) -> None:
+        img = read_image(paths[i])
+        if img is None:
+            return
+        try:
+            out[i] = resize_face(img, spec)
+            ok[i] = True
+        except InputError:
+            pass
+
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL while decoding
+        for done, _ in enumerate(pool.map(work, range(len(paths))), 1):
+            if progress and (done % 4096 == 0 or done == len(paths)):
+                print(f"\rdecoding {done}/{len(paths)}", end="", file=sys.stderr, flush=True)
+    if progress and paths:
+        print(file=sys.stderr)
+    return out, ok
+
+
+# ------------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FER_EDGE_CACHE", Path.home() / ".cache" / "fer-edge"))
+
+
+def _cache_key(kind: str, entries: list[tuple], spec: PreprocessSpec, extra: str = "") -> str:
+    h = hashlib.sha256()
+    h.update(f"{CACHE_VERSION}|{kind}|{spec.size}|{spec.channels}|{extra}".encode())
+    for e in entries:
+        h.update(repr(e).encode())
+    return h.hexdigest()[:32]
+
+
+def _cached_decode(
+    key: str, paths: list[str], spec: PreprocessSpec, use_cache: bool, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    path = cache_dir() / f"{key}.npz"
+    if use_cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["images"], z["ok"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt below
+    images, ok = _decode_all(paths, spec, progress)
+    if use_cache:
+        try:
+            with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, images=images, ok=ok)
+        except OSError:
+            pass  # caching is an optimisation; a read-only home must not stop training
+    return images, ok
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _match_label(raw: str, label_names: tuple[str, ...]) -> str | None:
+    name = canonical(raw)
+    return name if name in label_names else None
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _from_files(
+    items: list[tuple[str, int, float, float]],
+    spec: PreprocessSpec,
+    label_names: tuple[str, ...],
+    source: str,
+    skipped: dict[str, int],
+    use_cache: bool,
+    progress: bool,
+    has_va: bool = False,
+) -> FaceDataset:
+    paths = [it[0] for it in items]
+    entries = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            entries.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            entries.append((p, -1, -1))
+    key = _cache_key("files", entries, spec, ",".join(label_names) + repr([it[1] for it in items]))
+    images, ok = _cached_decode(key, paths, spec, use_cache, progress)
+    keep = np.flatnonzero(ok)
+    labels = np.array([it[1] for it in items], np.int64)
+    va = np.array([(it[2], it[3]) for it in items], np.float32).reshape(-1, 2)
+    return FaceDataset(
+        images=images[keep],
+        labels=labels[keep],
+        label_names=label_names,
+        paths=[paths[i] for i in keep],
+        source=source,
+        skipped_classes=skipped,
+        n_unreadable=int(len(paths) - len(keep)),
+        valence=va[keep, 0] if has_va else None,
+        arousal=va[keep, 1] if has_va else None,
+    )
+
+
+def _read_class_folders(root: Path, label_names, spec, use_cache, progress) -> FaceDataset:
+    items, skipped = [], {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = _list_images(d)
+        name = _match_label(d.name, label_names)
+        if name is None:
+            if files:
+                skipped[d.name] = skipped.get(d.name, 0) + len(files)
+            continue
+        y = label_names.index(name)
+        items += [(str(f), y, np.nan, np.nan) for f in files]
+    if not items:
+        known = ", ".join(label_names)
+        raise DatasetError(f"{root} holds no images in class folders named after labels ({known})")
+    return _from_files(items, spec, label_names, str(root), skipped, use_cache, progress)
+
+
+def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
+    usage = None
+    if split is not None:
+        if split not in KAGGLE_USAGE:
+            raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
+        usage = KAGGLE_USAGE[split]
+    images, labels, skipped, bad = [], [], {}, 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            if usage is not None and (row.get("Usage") or "").strip() != usage:
+                continue
+            try:
+                name = FER2013_CSV_ORDER[int(row["emotion"])]
+                pixels = np.array(row["pixels"].split(), dtype=np.int64)
+                side = int(round(np.sqrt(pixels.size)))
+                if side * side != pixels.size or side == 0 or pixels.min() < 0 or pixels.max() > 255:
+                    raise ValueError("pixel count is not a square or values out of range")
+            except (KeyError, ValueError, IndexError, AttributeError):
+                bad += 1
+                continue
+            if name not in label_names:
+                skipped[name] = skipped.get(name, 0) + 1
+                continue
+            images.append(resize_face(pixels.astype(np.uint8).reshape(side, side), spec))
+            labels.append(label_names.index(name))
+    if not labels:
+        raise DatasetError(f"{path}: no usable rows" + (f" with Usage == {usage!r}" if usage else ""))
+    return FaceDataset(
+        images=np.stack(images),
+        labels=np.array(labels, np.int64),
+        label_names=label_names,
+        paths=[f"{path}#{i}" for i in range(len(labels))],
+        source=str(path) + (f" ({usage})" if usage else ""),
+        skipped_classes=skipped,
+        n_unreadable=bad,
+    )
+
+
+def _read_label_list(path: Path, label_names, spec, use_cache, progress) -> FaceDataset:
+    items, skipped, bad = [], {}, 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower() for c in (reader.fieldnames or [])}
+        if not {"path", "label"} <= cols:
+            raise DatasetError(f"{path}: a label list needs 'path' and 'label' columns, has {sorted(cols)}")
+        has_va = {"valence", "arousal"} <= cols
+        for row in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            raw = row["label"]
+            if raw.lstrip("-").isdigit():
+                i = int(raw)
+                name = label_names[i] if 0 <= i < len(label_names) else None
+                if name is None:
+                    skipped[raw] = skipped.get(raw, 0) + 1
+                    continue
+            else:
+                name = _match_label(raw, label_names)
+                if name is None:
+                    skipped[raw] = skipped.get(raw, 0) + 1
+                    continue
+            p = Path(row["path"])
+            p = p if p.is_absolute() else path.parent / p
+            try:
+                v = float(row["valence"]) if has_va and row.get("valence") else np.nan
+                a = float(row["arousal"]) if has_va and row.get("arousal") else np.nan
+            except ValueError:
+                bad += 1
+                continue
+            items.append((str(p), label_names.index(name), v, a))
+    if not items:
+        raise DatasetError(f"{path}: no rows with a known label")
+    ds = _from_files(items, spec, label_names, str(path), skipped, use_cache, progress, has_va)
+    ds.n_unreadable += bad
+    return ds
+
+
+def _read_plain_folder(root: Path, label_names, spec, use_cache, progress) -> FaceDataset:
+    files = _list_images(root)
+    items = [(str(f), -1, np.nan, np.nan) for f in files]
+    return _from_files(items, spec, label_names, str(root), {}, use_cache, progress)
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    split: str | None = None,
+    *,
+    labels: tuple[str, ...] | list[str] = FER_LABELS,
+    spec: PreprocessSpec | None = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> FaceDataset:
+    """Read any supported layout into a :class:`FaceDataset` at ``spec``'s size and channels."""
+    spec = spec or PreprocessSpec()
+    label_names = tuple(labels)
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"dataset path {str(root)!r} does not exist")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DatasetError(f"{root} is a file but not a .csv (Kaggle fer2013.csv or a label list)")
+        with open(root, newline="", encoding="utf-8") as f:
+            header = {c.strip().lower() for c in next(csv.reader(f), [])}
+        if {"emotion", "pixels"} <= header:
+            return _read_kaggle_csv(root, split, label_names, spec)
+        if split is not None:
+            raise DatasetError(f"{root}: a label list has no splits; drop split={split!r}")
+        return _read_label_list(root, label_names, spec, cache, progress)
+    subdirs = {p.name for p in root.iterdir() if p.is_dir()}
+    if split is not None:
+        if split not in subdirs:
+            raise DatasetError(f"{root} has no {split!r} folder (has: {', '.join(sorted(subdirs)) or 'none'})")
+        root = root / split
+    elif subdirs and subdirs <= set(SPLITS) | {"_cache"}:
+        raise DatasetError(f"{root} holds split folders ({', '.join(sorted(subdirs))}): choose one with split/--split")
+    if not any(p.is_dir() for p in root.iterdir()):
+        return _read_plain_folder(root, label_names, spec, cache, progress)
+    return _read_class_folders(root, label_names, spec, cache, progress)
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    atomic.write_text(path, json.dumps(obj, indent=2) + "\n")

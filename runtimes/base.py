@@ -1,0 +1,78 @@
+"""The runtime interface: a loaded bundle that maps a float32 NCHW batch to logits.
+
+Backends register here by module name and load lazily, so importing fer_edge never imports a
+runtime that is not used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from fer_edge.bundle import Bundle
+from fer_edge.errors import RuntimeBackendError
+
+# backend name -> (module in this package, the import it needs, bundle formats it runs)
+BACKENDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "onnxruntime": ("onnxruntime", ("onnxruntime",), ("onnx",)),
+    "openvino": ("openvino", ("openvino",), ("openvino", "onnx", "tflite")),
+    "tflite": ("tflite", ("ai_edge_litert", "tflite_runtime"), ("tflite",)),
+}
+# "auto" prefers, per bundle format, the fastest backend measured on x86 and Arm CPUs.
+AUTO_ORDER = ("tflite", "openvino", "onnxruntime")
+
+
+class Runtime(ABC):
+    """A bundle loaded for inference. ``run`` takes float32 (N, C, H, W), returns (N, K) logits."""
+
+    name: str = "base"
+
+    def __init__(self, bundle: Bundle, num_threads: int | None = None):
+        self.bundle = bundle
+        self.num_threads = num_threads
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        spec = self.bundle.preprocess
+        want = (spec.channels, spec.size, spec.size)
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1:] != want:
+            shape = getattr(batch, "shape", None)
+            raise RuntimeBackendError(f"{self.name}: input must be float32 (N, {want[0]}, {want[1]}, {want[2]}), got {shape}")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _installed(imports: tuple[str, ...]) -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in imports)
+
+
+def available_backends() -> list[str]:
+    return [name for name, (_, imports, _) in BACKENDS.items() if _installed(imports)]
+
+
+def load_runtime(bundle: Bundle, backend: str = "auto", num_threads: int | None = None) -> Runtime:
+    """Open ``bundle`` with ``backend`` (or the best installed one for its format)."""
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            _, imports, formats = BACKENDS[name]
+            if bundle.format in formats and _installed(imports):
+                backend = name
+                break
+        else:
+            raise RuntimeBackendError(
+                f"no installed backend runs {bundle.format!r} bundles; install one of: "
+                + ", ".join(f"fer-edge[{n}]" for n in AUTO_ORDER if bundle.format in BACKENDS[n][2])
+            )
+    if backend not in BACKENDS:
+        raise RuntimeBackendError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    module_name, imports, formats = BACKENDS[backend]
+    if bundle.format not in formats:
+        raise RuntimeBackendError(f"backend {backend!r} cannot run {bundle.format!r} bundles (it runs {', '.join(formats)})")
+    if not _installed(imports):
+        raise RuntimeBackendError(f"backend {backend!r} is not installed (needs the Python package {imports[0]!r})")
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return module.load(bundle, num_threads=num_threads)

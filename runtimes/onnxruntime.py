@@ -1,0 +1,47 @@
+"""ONNX Runtime backend; uses the TensorRT / CUDA execution providers when present (Jetson)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fer_edge.bundle import Bundle
+from fer_edge.errors import RuntimeBackendError
+
+from .base import Runtime
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, num_threads: int | None = None):
+        super().__init__(bundle, num_threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        available = set(ort.get_available_providers())
+        providers = [p for p in PREFERRED_PROVIDERS if p in available]
+        try:
+            self.session = ort.InferenceSession(str(bundle.graph), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
+            raise RuntimeBackendError(f"onnxruntime cannot load {bundle.graph.name}: {e}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
+        self._input = inputs[0].name
+        self._output = outputs[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._check_batch(batch)
+        if len(x) == 0:
+            return np.zeros((0, self.bundle.num_classes), np.float32)
+        return self.session.run([self._output], {self._input: x})[0]
+
+
+def load(bundle: Bundle, num_threads: int | None = None) -> OnnxRuntime:
+    return OnnxRuntime(bundle, num_threads)

@@ -1,0 +1,1 @@
+"""Server-side training (needs the ``[train]`` extra: torch, torchvision)."""
