@@ -18,6 +18,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
     "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),
     "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
+    "pretrain": (
+        "fer_edge.train.pretrain",
+        "self-supervised pretraining (MoCo v2, SimCLR, BYOL, FRA)",
+    ),
+    "probe": (
+        "fer_edge.train.probe",
+        "linear / k-NN / fine-tune evaluation of an encoder at 1/10/100% labels",
+    ),
+    "bench": ("fer_edge.bench", "per-stage latency, FPS and memory on 640x480 frames"),
+    "distill": ("fer_edge.compress.distill", "distil a trained teacher into a small student"),
+    "prune": ("fer_edge.compress.prune", "structured channel pruning + fine-tuning (DepGraph)"),
+    "qat": (
+        "fer_edge.compress.qat",
+        "INT8 quantisation-aware fine-tuning, with PTQ for comparison",
+    ),
+    "export": (
+        "fer_edge.compress.export",
+        "export to ONNX, TFLite or OpenVINO with a parity check",
+    ),
 }
 
 

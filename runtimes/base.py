@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from fer_edge.bundle import Bundle
-from fer_edge.errors import RuntimeBackendError
+from fer_edge.errors import BundleError, RuntimeBackendError
 
 # backend name -> (module in this package, the import it needs, bundle formats it runs)
 BACKENDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -42,8 +42,27 @@ class Runtime(ABC):
         want = (spec.channels, spec.size, spec.size)
         if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1:] != want:
             shape = getattr(batch, "shape", None)
-            raise RuntimeBackendError(f"{self.name}: input must be float32 (N, {want[0]}, {want[1]}, {want[2]}), got {shape}")
+            raise RuntimeBackendError(
+                f"{self.name}: input must be float32 (N, {want[0]}, {want[1]}, {want[2]}), got {shape}"
+            )
         return np.ascontiguousarray(batch, dtype=np.float32)
+
+    @property
+    def num_outputs(self) -> int:
+        """Columns of ``run``'s output: the label logits, then valence and arousal when the
+        bundle's ``model.valence_arousal`` is true."""
+        return self.bundle.num_classes + (
+            2 if self.bundle.meta["model"].get("valence_arousal") else 0
+        )
+
+    def _check_num_classes(self, outputs: object) -> None:
+        """Refuse a bundle whose label list does not match the graph's output size
+        (``outputs`` may be a symbolic dimension name, which is not checked)."""
+        if isinstance(outputs, int) and outputs > 0 and outputs != self.num_outputs:
+            raise BundleError(
+                f"bundle {self.bundle.name!r} lists {self.bundle.num_classes} labels but its graph "
+                f"{self.bundle.graph.name} outputs {outputs} scores"
+            )
 
 
 def _installed(imports: tuple[str, ...]) -> bool:
@@ -63,16 +82,28 @@ def load_runtime(bundle: Bundle, backend: str = "auto", num_threads: int | None 
                 backend = name
                 break
         else:
+            options = [f"fer-edge[{n}]" for n in AUTO_ORDER if bundle.format in BACKENDS[n][2]]
+            if not options:  # pytorch bundles: for training tools, not the SDK
+                raise RuntimeBackendError(
+                    f"the SDK cannot run {bundle.format!r} bundles; export the model first "
+                    "(fer-edge export) to onnx, tflite or openvino"
+                )
             raise RuntimeBackendError(
                 f"no installed backend runs {bundle.format!r} bundles; install one of: "
-                + ", ".join(f"fer-edge[{n}]" for n in AUTO_ORDER if bundle.format in BACKENDS[n][2])
+                + ", ".join(options)
             )
     if backend not in BACKENDS:
-        raise RuntimeBackendError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+        raise RuntimeBackendError(
+            f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}"
+        )
     module_name, imports, formats = BACKENDS[backend]
     if bundle.format not in formats:
-        raise RuntimeBackendError(f"backend {backend!r} cannot run {bundle.format!r} bundles (it runs {', '.join(formats)})")
+        raise RuntimeBackendError(
+            f"backend {backend!r} cannot run {bundle.format!r} bundles (it runs {', '.join(formats)})"
+        )
     if not _installed(imports):
-        raise RuntimeBackendError(f"backend {backend!r} is not installed (needs the Python package {imports[0]!r})")
+        raise RuntimeBackendError(
+            f"backend {backend!r} is not installed (needs the Python package {imports[0]!r})"
+        )
     module = importlib.import_module(f"{__package__}.{module_name}")
     return module.load(bundle, num_threads=num_threads)

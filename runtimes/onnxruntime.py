@@ -35,11 +35,12 @@ class OnnxRuntime(Runtime):
             raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
         self._input = inputs[0].name
         self._output = outputs[0].name
+        self._check_num_classes(outputs[0].shape[-1] if outputs[0].shape else None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = self._check_batch(batch)
         if len(x) == 0:
-            return np.zeros((0, self.bundle.num_classes), np.float32)
+            return np.zeros((0, self.num_outputs), np.float32)
         return self.session.run([self._output], {self._input: x})[0]
 
 

@@ -69,6 +69,36 @@ class MobileNetV3Backbone(nn.Module):
         return self.body(x)
 
 
+class CompactBackbone(nn.Module):
+    """Compact student CNN for 48-64 px faces (about 0.5M parameters): per stage a 3x3
+    conv-BN-ReLU that widens, a depthwise-separable block, and a 2x2 max-pool. Only conv, BN,
+    ReLU and max-pool, which every INT8 backend quantises end to end (no hard-swish)."""
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        layers, c = [], in_channels
+        for i, w in enumerate(widths):
+            layers += [
+                _conv_bn(c, w),
+                nn.Sequential(
+                    nn.Conv2d(w, w, 3, 1, 1, groups=w, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                ),
+                nn.Sequential(
+                    nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+                ),
+            ]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.out_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 ARCHS = {
     "vgg": lambda c: VGGBackbone(c),
     "vgg_small": lambda c: VGGBackbone(c, (16, 32, 64, 128)),
@@ -77,6 +107,10 @@ ARCHS = {
     "mobilenetv3_small": lambda c: MobileNetV3Backbone("small", c),
     "mobilenetv3_small_050": lambda c: MobileNetV3Backbone("small", c, 0.5),
     "mobilenetv3_large": lambda c: MobileNetV3Backbone("large", c),
+    # Distillation students (<= 1.5M parameters with a 7-class head).
+    "mobilenetv3_small_075": lambda c: MobileNetV3Backbone("small", c, 0.75),
+    "compact_cnn": lambda c: CompactBackbone(c),
+    "compact_cnn_wide": lambda c: CompactBackbone(c, (48, 96, 192, 384)),
 }
 
 

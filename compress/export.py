@@ -1,0 +1,204 @@
+"""Export a PyTorch model to an ONNX, TFLite or OpenVINO bundle, checked against PyTorch.
+
+MODEL is ``default``, a checkpoint, or a pytorch bundle (float, pruned or QAT). Targets:
+- onnx: FP32, opset 17 or later, dynamic batch;
+- tflite: FP32 (litert-torch), or with --int8 full-integer INT8 with int8 input and output;
+- openvino: FP32 IR, or with --int8 an INT8 IR.
+INT8 uses the QAT model's learnt quantisation when MODEL is a QAT model, else post-training
+quantisation calibrated on --calib-faces training faces. Before anything is written the export
+runs through the SDK runtime on real validation faces (the same preprocessing as the SDK) and is
+refused unless its top-1 agrees with PyTorch on >= 99% (FP32) / >= 97% (INT8) of them; the
+agreement and the largest logit difference go into model.json ``metrics.parity``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from fer_edge.runtimes import load_runtime
+from fer_edge.train.predictor import git_commit, predict_logits
+
+from fer_edge import bundle as bundle_io
+from fer_edge.errors import InputError
+from fer_edge.preprocess import normalize
+
+from . import parity
+from .models import LoadedModel, load_model
+from .qat import calibration_faces, ptq, quantizer
+
+TARGETS = ("onnx", "tflite", "openvino")
+RUNTIME_FOR = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
+# OpenVINO runs f32 graphs in bf16 on CPUs that have it unless told otherwise; the runtime reads
+# this from model.json and applies it, so every bundle runs at the precision its parity was checked.
+OPENVINO_HINTS = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="'default', a checkpoint, or a pytorch bundle")
+    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument(
+        "--int8", action="store_true", help="INT8 (tflite, openvino); implied by a QAT model"
+    )
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="FER data (split root or class folders): parity faces, INT8 calibration",
+    )
+    p.add_argument("--parity-split", default="val", help="split whose faces check parity")
+    p.add_argument("--parity-faces", type=int, default=1000, help="faces in the parity check")
+    p.add_argument("--calib-split", default="train", help="split whose faces calibrate PTQ")
+    p.add_argument("--calib-faces", type=int, default=512, help="faces that calibrate PTQ")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or later)")
+    p.add_argument("--backend", help="SDK runtime for the parity check (default: the target's own)")
+
+
+def _onnx(net, x: torch.Tensor, out: Path, opset: int) -> dict:
+    path = out / "model.onnx"
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        opset_version=opset,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return {"files": {"model.onnx": path}, "model": {"file": "model.onnx", "opset": opset}}
+
+
+def _tflite(net, x: torch.Tensor, out: Path, int8: bool) -> dict:
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    cfg = QuantConfig(pt2e_quantizer=quantizer(qat=False)) if int8 else None
+    path = out / "model.tflite"
+    litert_torch.convert(net, (x[:1],), quant_config=cfg).export(str(path))
+    return {
+        "files": {"model.tflite": path},
+        "model": {"file": "model.tflite", "io": "int8" if int8 else "float32"},
+    }
+
+
+def _openvino(net, x: torch.Tensor, out: Path, int8: bool) -> dict:
+    import openvino as ov
+
+    if (
+        int8
+    ):  # the PT2E graph's quantise/dequantise pairs become OpenVINO FakeQuantize -> int8 kernels
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        ov_model = ov.convert_model(torch.export.export(net, (x,), dynamic_shapes=({0: batch},)))
+    else:
+        ov_model = ov.convert_model(net, example_input=x, input=[(-1, *x.shape[1:])])
+    ov.save_model(ov_model, str(out / "model.xml"), compress_to_fp16=False)
+    return {
+        "files": {"model.xml": out / "model.xml", "model.bin": out / "model.bin"},
+        "model": {"file": "model.xml", "runtime_hints": {"openvino": dict(OPENVINO_HINTS)}},
+    }
+
+
+def convert(net, target: str, x: torch.Tensor, out: Path, int8: bool, opset: int = 17) -> dict:
+    """Write ``net`` in ``target``'s format into folder ``out``; returns its files and model.json
+    ``model`` fields."""
+    net = getattr(net, "graph", net)  # exporters take a converted INT8 graph bare, not wrapped
+    with torch.no_grad():
+        if target == "onnx":
+            return _onnx(net, x, out, opset)
+        if target == "tflite":
+            return _tflite(net, x, out, int8)
+        return _openvino(net, x, out, int8)
+
+
+def _networks(lm: LoadedModel, int8: bool, args) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(network to convert, PyTorch reference it must agree with, what the reference is)."""
+    if lm.kind == "qat":
+        return lm.model, lm.model, "pytorch qat int8 (fake-quantised)"
+    if not int8:
+        return lm.model, lm.model, "pytorch fp32"
+    calib_ds = parity.real_faces(
+        args.data, args.calib_split, lm.spec, lm.labels, args.calib_faces, seed=1
+    )
+    calib = calibration_faces(calib_ds.images, calib_ds.labels, args.calib_faces)
+    return ptq(lm.model, calib, lm.spec), lm.model, "pytorch fp32"
+
+
+def export(args: argparse.Namespace) -> bundle_io.Bundle:
+    """Convert, check parity through the SDK runtime, and write the bundle only if it passes."""
+    if args.target not in TARGETS:
+        raise InputError(f"--target must be one of {', '.join(TARGETS)}")
+    if args.opset < 17:
+        raise InputError(f"--opset must be 17 or later, got {args.opset}")
+    lm = load_model(args.model)
+    int8 = bool(args.int8 or lm.kind == "qat")
+    if int8 and args.target == "onnx":
+        raise InputError("ONNX export is FP32; use --target tflite or openvino for INT8")
+    precision = "int8" if int8 else "fp32"
+    spec = lm.spec
+    faces = parity.real_faces(args.data, args.parity_split, spec, lm.labels, args.parity_faces)
+    net, reference, ref_name = _networks(lm, int8, args)
+    net.eval()
+    ref_logits = predict_logits(reference, faces.images, spec)
+    x = torch.from_numpy(normalize(faces.images[:2], spec))
+    meta_source = {
+        "model": str(args.model),
+        "kind": lm.kind,
+        "arch": lm.state.get("arch"),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+    }
+    with tempfile.TemporaryDirectory(prefix="fer-edge-export-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "graph").mkdir()
+        converted = convert(net, args.target, x, tmp / "graph", int8, args.opset)
+        model_meta = {
+            "format": args.target,
+            "precision": precision,
+            "arch": lm.state.get("arch"),
+            **converted["model"],
+        }
+        stage = bundle_io.save_bundle(
+            tmp / "stage",
+            converted["files"],
+            labels=lm.labels,
+            preprocess=spec,
+            model=model_meta,
+            source=meta_source,
+        )
+        runtime = load_runtime(stage, args.backend or RUNTIME_FOR[args.target])
+        got = parity.runtime_logits(runtime, normalize(faces.images, spec))
+        result = parity.compare(ref_logits, got, precision)
+        result.update(reference=ref_name, runtime=runtime.name, split=args.parity_split)
+        print(
+            f"parity ({runtime.name}, {result['faces']} faces): top-1 agreement {result['top1_agreement']:.4f}, "
+            f"max |logit diff| {result['max_abs_logit_diff']:.4g}",
+            file=sys.stderr,
+        )
+        if not result["passed"]:
+            raise parity.ParityError(
+                f"{args.target} {precision} export agrees with {ref_name} on only "
+                f"{result['top1_agreement']:.2%} of {result['faces']} faces (needs {result['min_agreement']:.0%}); "
+                f"max logit difference {result['max_abs_logit_diff']:.4g}. Nothing was written to {args.out}"
+            )
+        files = {name: stage.root / name for name in stage.meta["files"]}
+        b = bundle_io.save_bundle(
+            args.out,
+            files,
+            labels=lm.labels,
+            preprocess=spec,
+            model=model_meta,
+            source=meta_source,
+            metrics={"parity": result},
+        )
+    size = sum((b.root / f).stat().st_size for f in b.meta["files"])
+    print(f"{args.target} {precision}: {size / 1024:.0f} KiB -> {b.root}", file=sys.stderr)
+    return b
+
+
+def run(args: argparse.Namespace) -> int:
+    export(args)
+    return 0

@@ -1,0 +1,106 @@
+"""Evaluate a model on a labelled FER dataset.
+
+Dataset images are treated as face crops, as FER datasets are. MODEL is a bundle folder (any
+format), a training checkpoint (.pt) or ``default``. Reports accuracy, macro-F1, per-class
+precision/recall/F1 and one-vs-rest ROC-AUC, and the confusion matrix (optionally as a PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import bundle as bundle_io
+from .data import load_dataset
+from .errors import InputError
+from .metrics import classification_report, plot_confusion
+from .preprocess import PreprocessSpec, normalize
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="bundle folder, checkpoint .pt, or 'default'")
+    p.add_argument("--data", required=True, help="class-folder root, split root (with --split), Kaggle CSV or label list")
+    p.add_argument("--split", help="train, val or test, when DATA holds splits (or is the Kaggle CSV)")
+    p.add_argument("--backend", default="auto", help="runtime for non-PyTorch bundles: auto, onnxruntime, openvino, tflite")
+    p.add_argument("--threads", type=int, help="inference threads")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face (PyTorch models)")
+    p.add_argument("--confusion", help="write the confusion matrix as a PNG here")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def load_scorer(model: str, backend: str, threads: int | None, tta: bool) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str]:
+    """Return (uint8 faces -> logits, labels, preprocess spec, description) for any MODEL."""
+    path = bundle_io.resolve(model)
+    is_torch = path.suffix == ".pt" or (path.is_dir() and bundle_io.load_bundle(path).format == "pytorch")
+    if is_torch:
+        try:
+            import torch
+
+            from fer_edge.train.predictor import load_torch_model, predict_logits
+        except ModuleNotFoundError as e:
+            raise InputError(f"{model} is a PyTorch model; evaluating it needs the [train] extra ({e.name} is missing)") from None
+        if threads:
+            torch.set_num_threads(threads)
+        net, labels, spec, _ = load_torch_model(path)
+        return (lambda faces: predict_logits(net, faces, spec, hflip_tta=tta)), labels, spec, "pytorch"
+    if tta:
+        raise InputError("--tta is for PyTorch models; exported bundles run as deployed")
+    from .runtimes import load_runtime
+
+    b = bundle_io.load_bundle(path)
+    rt = load_runtime(b, backend, threads)
+    return (lambda faces: rt.run(normalize(faces, b.preprocess))), b.labels, b.preprocess, rt.name
+
+
+def evaluate(model: str, data: str, split: str | None = None, *, backend: str = "auto", threads: int | None = None, batch_size: int = 256, tta: bool = False) -> dict:
+    scorer, labels, spec, backend_used = load_scorer(model, backend, threads, tta)
+    ds = load_dataset(data, split, labels=labels, spec=spec)
+    if len(ds) == 0:
+        raise InputError(f"{data}: no labelled faces to evaluate")
+    t0 = time.time()
+    logits = np.concatenate([scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)])
+    seconds = time.time() - t0
+    report = classification_report(ds.labels, logits, labels)
+    report.update(
+        model=str(model), data=str(data), split=split, backend=backend_used,
+        skipped_classes=ds.skipped_classes, n_unreadable=ds.n_unreadable,
+        seconds=round(seconds, 3), tta=tta,
+    )
+    return report
+
+
+def _table(r: dict) -> str:
+    lines = [
+        f"model {r['model']} ({r['backend']}) on {r['data']}" + (f" [{r['split']}]" if r["split"] else ""),
+        f"n = {r['n']}   accuracy = {r['accuracy']:.4f}   macro-F1 = {r['macro_f1']:.4f}"
+        + (f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else ""),
+        f"{'class':<10} {'prec':>6} {'recall':>6} {'f1':>6} {'auc':>6} {'n':>6}",
+    ]
+    for name, m in r["per_class"].items():
+        auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-"
+        lines.append(f"{name:<10} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {auc:>6} {m['support']:>6}")
+    if r["skipped_classes"]:
+        lines.append("skipped classes the model does not know: " + ", ".join(f"{k} ({v})" for k, v in r["skipped_classes"].items()))
+    if r["n_unreadable"]:
+        lines.append(f"skipped {r['n_unreadable']} unreadable images")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate(args.model, args.data, args.split, backend=args.backend, threads=args.threads, batch_size=args.batch_size, tta=args.tta)
+    if args.confusion:
+        title = f"{Path(str(args.model)).name} on {args.split or Path(args.data).name}: acc {report['accuracy']:.3f}"
+        plot_confusion(report["confusion"], report["labels"], args.confusion, title)
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+    else:
+        print(_table(report))
+    return 0

@@ -1,0 +1,206 @@
+"""The SDK entry point: frames in, one typed result per face out.
+
+>>> from fer_edge import Recognizer
+>>> rec = Recognizer()                      # the packaged model, best installed backend
+>>> for face in rec(frame_bgr):             # gray, BGR or BGRA numpy frame
+...     print(face.box, face.label, face.score, face.scores["happy"])
+>>> rec.classify([crop1, crop2])            # face crops, no detection
+
+All faces of a frame are classified in one batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .align import align_faces
+from .bundle import Bundle, load_bundle, resolve
+from .detect import Detection, FaceDetector, load_detector
+from .errors import InputError
+from .preprocess import as_uint8_image, normalize, resize_face
+from .runtimes import load_runtime
+from .track import IouTracker
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face. ``box`` is ``(x1, y1, x2, y2)`` in frame pixels (the whole crop for
+    :meth:`Recognizer.classify`); ``probs`` are the softmax probabilities in ``labels`` order
+    (smoothed over frames when tracking); ``landmarks`` (K, 2) when the detector gives them;
+    ``track_id`` when tracking; ``valence``/``arousal`` in [-1, 1] when the model predicts them."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+    probs: np.ndarray = field(repr=False)
+    labels: tuple[str, ...] = field(repr=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False)
+    detection_score: float | None = None
+    track_id: int | None = None
+    valence: float | None = None
+    arousal: float | None = None
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Probability per label name."""
+        return {n: float(p) for n, p in zip(self.labels, self.probs, strict=True)}
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        d = {
+            "box": [round(float(v), 1) for v in self.box],
+            "label": self.label,
+            "score": round(self.score, 4),
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }
+        if self.detection_score is not None:
+            d["detection_score"] = round(self.detection_score, 4)
+        if self.landmarks is not None:
+            d["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks]
+        for key in ("track_id", "valence", "arousal"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Recognizer:
+    """Face detection + expression classification on numpy frames.
+
+    Args:
+        model: a bundle folder, a loaded :class:`~fer_edge.bundle.Bundle`, or ``"default"``
+            (the bundle shipped in the package).
+        backend: ``auto``, ``tflite``, ``openvino`` or ``onnxruntime``.
+        detector: ``auto`` (BlazeFace short-range; Haar when no TFLite/OpenVINO runtime is
+            installed), ``blazeface``, ``blazeface_full``, ``haar``, a
+            :class:`~fer_edge.detect.FaceDetector`, or None to treat every frame as one face.
+        num_threads: threads for the classifier and the detector (None: the runtime's default).
+        track: follow faces across calls (ids + score smoothing); for video, not photos.
+        smoothing: weight of a track's past scores in its moving average (0: none).
+        align: rotate crops so the eyes are level (needs detector keypoints).
+        max_faces: classify at most this many faces per frame (the most confident ones).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Bundle = "default",
+        backend: str = "auto",
+        detector: str | FaceDetector | None = "auto",
+        num_threads: int | None = None,
+        track: bool = False,
+        smoothing: float = 0.6,
+        align: bool = True,
+        max_faces: int = 64,
+    ):
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise InputError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        if max_faces < 1:
+            raise InputError(f"max_faces must be >= 1, got {max_faces}")
+        self.bundle = model if isinstance(model, Bundle) else load_bundle(resolve(model))
+        self.runtime = load_runtime(self.bundle, backend, num_threads)
+        self.detector = None if detector is None else load_detector(detector, num_threads)
+        self.smoothing = smoothing
+        self.tracker = IouTracker(smoothing=smoothing) if track else None
+        self.align = align
+        self.max_faces = max_faces
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.labels
+
+    @property
+    def spec(self):
+        """The bundle's :class:`~fer_edge.preprocess.PreprocessSpec`."""
+        return self.bundle.preprocess
+
+    def set_tracking(self, on: bool) -> None:
+        """Turn tracking on (with a fresh tracker) or off."""
+        self.tracker = IouTracker(smoothing=self.smoothing) if on else None
+
+    # The stages, public so that benchmarks and custom pipelines can time or replace each.
+
+    def detect(self, frame: object) -> list[Detection]:
+        """Faces in a frame, best first, at most ``max_faces``."""
+        img = as_uint8_image(frame, "frame")
+        if self.detector is None:
+            h, w = img.shape[:2]
+            return [Detection((0.0, 0.0, float(w), float(h)), 1.0)]
+        return self.detector(img)[: self.max_faces]
+
+    def crops(self, frame: object, detections: Sequence[Detection]) -> np.ndarray:
+        """uint8 (N, S, S, C) model-ready crops of the detected faces."""
+        img = as_uint8_image(frame, "frame")
+        if self.detector is None:
+            return resize_face(img, self.spec)[None]
+        return align_faces(img, detections, self.spec, rotate=self.align)
+
+    def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, S, S, C) crops -> probabilities (N, K) and valence/arousal (N, 2) or None,
+        in one batch."""
+        k = self.bundle.num_classes
+        if len(crops) == 0:
+            return np.zeros((0, k), np.float32), None
+        out = self.runtime.run(normalize(crops, self.spec))
+        va = out[:, k : k + 2] if out.shape[1] == k + 2 else None
+        return softmax(out[:, :k]), va
+
+    def _results(
+        self, boxes: list, probs: np.ndarray, va: np.ndarray | None, dets: Sequence | None
+    ) -> list[FaceResult]:
+        ids: list[int | None] = [None] * len(boxes)
+        if self.tracker is not None and dets is not None:
+            ids, probs = self.tracker.update(np.asarray(boxes, np.float32), probs)
+        results = []
+        for i, box in enumerate(boxes):
+            top = int(np.argmax(probs[i]))
+            det = dets[i] if dets is not None else None
+            results.append(
+                FaceResult(
+                    box=tuple(float(v) for v in box),
+                    label=self.labels[top],
+                    score=float(probs[i, top]),
+                    probs=probs[i],
+                    labels=self.labels,
+                    landmarks=None if det is None else det.landmarks,
+                    detection_score=None if det is None else det.score,
+                    track_id=ids[i],
+                    valence=None if va is None else float(np.clip(va[i, 0], -1, 1)),
+                    arousal=None if va is None else float(np.clip(va[i, 1], -1, 1)),
+                )
+            )
+        return results
+
+    def __call__(self, frame: object) -> list[FaceResult]:
+        """Detect and classify every face in a gray, BGR or BGRA frame (uint8, or float in
+        [0, 1] or [0, 255]). Returns an empty list when there is no face."""
+        img = as_uint8_image(frame, "frame")
+        dets = self.detect(img)
+        probs, va = self.infer(self.crops(img, dets))
+        return self._results([d.box for d in dets], probs, va, dets)
+
+    def classify(self, faces: Sequence[object] | np.ndarray) -> list[FaceResult]:
+        """Classify face crops (gray or BGR, any size) without detection, in one batch."""
+        if (
+            isinstance(faces, np.ndarray)
+            and faces.ndim in (2, 3)
+            and not (faces.ndim == 3 and faces.shape[2] > 4)
+        ):
+            faces = [faces]  # one crop passed bare
+        if faces is None or isinstance(faces, (str, bytes)):
+            raise InputError("classify() takes a list of face crops (numpy arrays)")
+        faces = list(faces)
+        if not faces:
+            return []
+        crops = np.stack([resize_face(f, self.spec) for f in faces])
+        probs, va = self.infer(crops)
+        boxes = [(0.0, 0.0, float(f.shape[1]), float(f.shape[0])) for f in faces]
+        return self._results(boxes, probs, va, None)

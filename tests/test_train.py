@@ -1,0 +1,111 @@
+"""Supervised training, resume after SIGKILL, eval JSON contract, checkpoint safety."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fer_edge.cli import main
+from fer_edge.errors import CheckpointError
+from fer_edge.train.checkpoint import load_checkpoint
+
+TRAIN = ["--arch", "vgg_small", "--batch-size", "32", "--lr", "0.02", "--threads", "1", "--no-progress"]
+
+
+def _train_cmd(data, out, epochs):
+    return [sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--epochs", str(epochs), "--out", str(out), *TRAIN]
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_resume_after_kill_loses_no_epoch_and_matches_uninterrupted(small_fer_dir, tmp_path):
+    epochs = 4
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(small_fer_dir, full, epochs), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(small_fer_dir, killed, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_lines(killed / "metrics.jsonl")) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(_lines(killed / "metrics.jsonl"))
+    assert 1 <= done_at_kill < epochs, "the kill should land mid-run"
+
+    subprocess.run(_train_cmd(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True)
+    history = [json.loads(x) for x in _lines(killed / "metrics.jsonl")]
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    a, b = load_checkpoint(full / "last.pt")["model"], load_checkpoint(killed / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    assert (killed / "curves.png").stat().st_size > 1000
+    assert (killed / "best" / "model.json").exists()
+
+
+def test_fresh_run_refuses_to_overwrite(small_fer_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"x": 1}, out / "last.pt")
+    rc = main(["train", "--data", str(small_fer_dir), "--epochs", "1", "--out", str(out), *TRAIN])
+    assert rc == 2
+
+
+def test_loss_falls_and_eval_json_contract(small_fer_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(small_fer_dir), "--epochs", "6", "--out", str(out), *TRAIN])
+    assert rc == 0
+    history = [json.loads(x) for x in _lines(out / "metrics.jsonl")]
+    assert history[-1]["loss"] < history[0]["loss"]
+    capsys.readouterr()
+    png = tmp_path / "cm.png"
+    rc = main(["eval", "--model", str(out / "best"), "--data", str(small_fer_dir), "--split", "test", "--json", "--confusion", str(png)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "macro_f1", "n", "per_class", "confusion", "skipped_classes"):
+        assert key in report
+    assert report["n"] == 7 * 15
+    cm = np.array(report["confusion"])
+    assert cm.shape == (7, 7) and cm.sum() == report["n"]
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert set(report["per_class"]) == set(report["labels"])
+    assert png.stat().st_size > 1000
+    # the checkpoint itself is a valid MODEL too, and gives the same numbers as its bundle
+    rc = main(["eval", "--model", str(out / "best" / "model.pt"), "--data", str(small_fer_dir), "--split", "test", "--json"])
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["accuracy"])
+
+
+def test_corrupt_checkpoints_are_refused(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(empty)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(junk)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(evil)
+    good = tmp_path / "good.pt"
+    torch.save({"model": {}}, good)
+    with pytest.raises(CheckpointError, match="not a fer-edge checkpoint"):
+        load_checkpoint(good)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(good)

@@ -1,0 +1,146 @@
+"""Batched face augmentation on the training device.
+
+Images stay uint8 (N, H, W, C) on the device; one affine warp per batch (``grid_sample``) does
+random resized crop / scale, rotation, translation and flip together, followed by photometric
+jitter, optional blur, grayscale and erasing, and finally the bundle's normalisation. The same
+code runs on CPU and GPU; randomness comes from an explicit generator so runs are reproducible
+and resumable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fer_edge.preprocess import PreprocessSpec
+
+
+def _affine_tensors(spec: PreprocessSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    scale, offset = spec.affine()
+    shape = (1, spec.channels, 1, 1)
+    return (
+        torch.from_numpy(scale).to(device).view(shape),
+        torch.from_numpy(offset).to(device).view(shape),
+    )
+
+
+def to_input(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 (N, S, S, C) -> normalised float32 (N, C, S, S); the torch twin of
+    :func:`fer_edge.preprocess.normalize` (same constants, same arithmetic)."""
+    scale, offset = _affine_tensors(spec, images.device)
+    return images.permute(0, 3, 1, 2).float() * scale + offset
+
+
+@dataclass
+class FaceAugment:
+    """Random augmentation parameters; call with uint8 NHWC images and a generator."""
+
+    spec: PreprocessSpec
+    flip: float = 0.5  # probability of a horizontal flip
+    rotate: float = 10.0  # max degrees either way
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom factor range (used when crop_area is None)
+    translate: float = 0.1  # max shift as a fraction of the side
+    crop_area: tuple[float, float] | None = None  # random-resized-crop area range (SSL)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    brightness: float = 0.2
+    contrast: float = 0.2
+    blur: float = 0.0  # probability of a Gaussian blur
+    grayscale: float = 0.0  # probability of dropping colour (3-channel models)
+    erase: float = 0.0  # probability of erasing one random rectangle
+
+    def _uniform(self, n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, generator=g) * (hi - lo) + lo
+
+    def _theta(self, n: int, g: torch.Generator) -> torch.Tensor:
+        if self.crop_area is not None:
+            area = self._uniform(n, *self.crop_area, g)
+            log_r = self._uniform(n, math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]), g)
+            ratio = torch.exp(log_r)
+            cx, cy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+            tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - cx)
+            ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - cy)
+        else:
+            zoom = self._uniform(n, *self.scale, g)
+            cx = cy = 1.0 / zoom
+            tx = (torch.rand(n, generator=g) * 2 - 1) * self.translate * 2
+            ty = (torch.rand(n, generator=g) * 2 - 1) * self.translate * 2
+        angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(self.rotate)
+        flip = torch.where(torch.rand(n, generator=g) < self.flip, -1.0, 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = cos * cx * flip, -sin * cy, tx
+        theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sin * cx * flip, cos * cy, ty
+        return theta
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """uint8 (N, S, S, C) on any device -> augmented, normalised float (N, C, S, S)."""
+        n, dev = images.shape[0], images.device
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        theta = self._theta(n, g).to(dev)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        per = lambda t: t.to(dev).view(n, 1, 1, 1)  # noqa: E731
+        if self.brightness:
+            x = x * per(self._uniform(n, 1 - self.brightness, 1 + self.brightness, g))
+        if self.contrast:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * per(self._uniform(n, 1 - self.contrast, 1 + self.contrast, g)) + mean
+        if self.grayscale and x.shape[1] == 3:
+            drop = per((torch.rand(n, generator=g) < self.grayscale).float())
+            x = x * (1 - drop) + x.mean(dim=1, keepdim=True) * drop
+        if self.blur:
+            x = self._blur(x, g)
+        if self.erase:
+            x = self._erase(x, g)
+        x = x.clamp(0, 1)
+        scale, offset = _affine_tensors(self.spec, dev)
+        return x * (255.0 * scale) + offset
+
+    def _blur(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, c = x.shape[:2]
+        sigma = self._uniform(n, 0.1, 2.0, g).view(n, 1)
+        r = torch.arange(-3, 4, dtype=torch.float32).view(1, 7)
+        k = torch.exp(-(r**2) / (2 * sigma**2))
+        k = (k / k.sum(1, keepdim=True)).to(x.device)  # (n, 7): one kernel per image
+        flat = x.reshape(1, n * c, *x.shape[2:])
+        kh = k.repeat_interleave(c, 0).view(n * c, 1, 1, 7)
+        flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="reflect"), kh, groups=n * c)
+        flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="reflect"), kh.transpose(2, 3), groups=n * c)
+        blurred = flat.view_as(x)
+        use = (torch.rand(n, generator=g) < self.blur).to(x.device).view(n, 1, 1, 1)
+        return torch.where(use, blurred, x)
+
+    def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        side = self._uniform(n, 0.1, 0.4, g)
+        cy, cx = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        ys = torch.linspace(0, 1, h).view(1, h, 1)
+        xs = torch.linspace(0, 1, w).view(1, 1, w)
+        inside = ((ys - cy.view(n, 1, 1)).abs() < side.view(n, 1, 1) / 2) & (
+            (xs - cx.view(n, 1, 1)).abs() < side.view(n, 1, 1) / 2
+        )
+        use = (torch.rand(n, generator=g) < self.erase).view(n, 1, 1)
+        mask = (inside & use).unsqueeze(1).to(x.device)
+        return torch.where(mask, torch.full_like(x, 0.5), x)
+
+
+def supervised_augment(spec: PreprocessSpec) -> FaceAugment:
+    """Standard FER training augmentation: small affine jitter, flip, light photometric jitter,
+    random erasing."""
+    return FaceAugment(spec, erase=0.25)
+
+
+def ssl_augment(spec: PreprocessSpec) -> FaceAugment:
+    """Strong two-view augmentation for self-supervised methods (SimCLR/BYOL style)."""
+    return FaceAugment(
+        spec,
+        crop_area=(0.2, 1.0),
+        rotate=15.0,
+        brightness=0.4,
+        contrast=0.4,
+        blur=0.5,
+        grayscale=0.2,
+    )

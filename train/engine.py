@@ -1,0 +1,217 @@
+"""The training engine shared by supervised training and every self-supervised method.
+
+It owns what every method needs the same way: device and threads, data on the device as uint8,
+deterministic per-epoch batching, the learning-rate schedule, AMP, a checkpoint after every epoch
+written atomically, ``--resume`` from the last one, the metrics log, the training-curve PNG, and a
+progress bar. A method supplies only ``step(batch_index) -> {loss names: floats}`` and optionally an
+end-of-epoch evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fer_edge import atomic
+from fer_edge.errors import CheckpointError, InputError
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on GPU (no loss scaling needed); plain fp32 on CPU."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[torch.Tensor]:
+    """The shuffled batch indices of one epoch; a function of (seed, epoch) alone, so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [perm[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Augmentation randomness of one epoch, also a function of (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 7_919 + epoch * 104_729 + 1)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    """One panel per metric family (losses, accuracies), epochs on x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k, v in h.items() if k != "epoch" and isinstance(v, int | float)})
+    losses = [k for k in keys if "loss" in k]
+    scores = [k for k in keys if k not in losses and not k.startswith(("lr", "time", "images"))]
+    panels = [p for p in (losses, scores) if p]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, group in zip(axes[0], panels, strict=True):
+        for k in group:
+            ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker=".", label=k)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class Run:
+    """A training run's folder: ``last.pt`` (resume point), ``metrics.jsonl``, ``curves.png``."""
+
+    out: Path
+    config: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    def resume_state(self, resume: bool) -> dict | None:
+        if not resume:
+            if self.last.exists():
+                raise InputError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+            return None
+        if not self.last.exists():
+            return None
+        state = load_checkpoint(self.last, require=("epoch", "model", "optimizer", "config"))
+        mismatch = {k: (state["config"].get(k), v) for k, v in self.config.items() if k in RESUME_MUST_MATCH and state["config"].get(k) != v}
+        if mismatch:
+            detail = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in mismatch.items())
+            raise CheckpointError(f"cannot resume {self.last}: the configuration differs ({detail})")
+        self.history = list(state.get("history", []))
+        return state
+
+    def end_epoch(self, record: dict, state: dict) -> None:
+        self.history.append(record)
+        state["history"] = self.history
+        save_checkpoint(self.last, state)
+        atomic.write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        plot_curves(self.history, self.out / "curves.png", self.out.name)
+
+
+# Changing these between a run and its resume would silently train a different model.
+RESUME_MUST_MATCH = ("arch", "method", "batch_size", "epochs", "seed", "size", "channels", "data")
+
+
+class Progress:
+    """tqdm when installed and attached to a terminal, a line per epoch otherwise."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.bar = None
+        self.desc, self.total, self.t0 = desc, total, time.time()
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, **postfix: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self, summary: str) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        print(f"{self.desc}: {summary} ({time.time() - self.t0:.0f}s)", file=sys.stderr, flush=True)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def run_epochs(
+    run: Run,
+    *,
+    epochs: int,
+    start_epoch: int,
+    steps: Callable[[int], list[torch.Tensor]],
+    step: Callable[[torch.Tensor, torch.Generator], dict[str, float]],
+    evaluate: Callable[[int], dict[str, float]] | None,
+    state_fn: Callable[[int], dict],
+    seed: int,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    is_main: bool = True,
+    reduce: Callable[[dict], dict] | None = None,
+) -> list[dict]:
+    """The epoch loop: ``steps(epoch)`` gives the batches, ``step`` trains on one and returns its
+    losses, ``evaluate`` scores the epoch, ``state_fn(epoch)`` is what the checkpoint holds.
+
+    Distributed runs call this on every rank: ``reduce`` (a collective, e.g. the mean over ranks)
+    turns each rank's epoch record into the run's, and only the ``is_main`` rank prints and
+    writes the checkpoint, metrics and curves."""
+    for epoch in range(start_epoch, epochs):
+        batches = steps(epoch)
+        g = epoch_generator(seed, epoch)
+        bar = Progress(len(batches), f"epoch {epoch + 1}/{epochs}", progress)
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        for idx in batches:
+            losses = step(idx, g)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(**losses)
+        seconds = time.time() - t0
+        record = {"epoch": epoch + 1, **{k: v / max(1, len(batches)) for k, v in sums.items()}}
+        record["images_per_s"] = sum(len(b) for b in batches) / max(seconds, 1e-9)
+        if reduce is not None:
+            reduced = reduce(record)
+            record = {"epoch": epoch + 1, **{k: v for k, v in reduced.items() if k != "epoch"}}
+        if evaluate is not None:
+            record.update(evaluate(epoch))
+        record["time_s"] = seconds
+        if is_main:
+            bar.close(", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",)))
+        if on_epoch_end is not None:  # before the checkpoint, so it records what this did
+            on_epoch_end(epoch, record)
+        if is_main:
+            run.end_epoch(record, state_fn(epoch))
+        else:
+            run.history.append(record)
+    return run.history
