@@ -14,10 +14,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from fer_edge.train.nets import ARCHS, build
 from torch import nn
 
 from fer_edge.errors import InputError
+from fer_edge.train.nets import ARCHS, build
 
 from . import finetune
 from .models import load_model, model_cost, save_model_bundle

@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from fer_edge.runtimes import load_runtime
-from fer_edge.train.predictor import git_commit, predict_logits
 
 from fer_edge import bundle as bundle_io
 from fer_edge.errors import InputError
 from fer_edge.preprocess import normalize
+from fer_edge.runtimes import load_runtime
+from fer_edge.train.predictor import git_commit, predict_logits
 
 from . import parity
 from .models import LoadedModel, load_model

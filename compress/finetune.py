@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from fer_edge.train import engine
-from fer_edge.train.augment import supervised_augment
-from fer_edge.train.supervised import evaluate_split, load_train_val
 
 from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
+from fer_edge.train import engine
+from fer_edge.train.augment import supervised_augment
+from fer_edge.train.supervised import evaluate_split, load_train_val
 
 
 def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: str) -> None:

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from fer_edge.train.checkpoint import load_checkpoint
-from fer_edge.train.nets import build
-from fer_edge.train.predictor import git_commit, model_from_state
 from torch import nn
 
 from fer_edge import bundle as bundle_io
 from fer_edge.errors import CheckpointError
 from fer_edge.preprocess import PreprocessSpec
+from fer_edge.train.checkpoint import load_checkpoint
+from fer_edge.train.nets import build
+from fer_edge.train.predictor import git_commit, model_from_state
 
 # Attributes that fix a layer's tensor shapes; recorded for pruned models.
 SHAPE_ATTRS = {
@@ -122,7 +122,7 @@ def model_from_any_state(state: dict) -> nn.Module:
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
     """A checkpoint file from ``default``, a pytorch bundle folder, or a checkpoint path."""
-    path = Path(bundle_io.resolve(path))
+    path = Path(bundle_io.resolve(path, pytorch=True))
     if path.is_dir():
         b = bundle_io.load_bundle(path)
         if b.format != "pytorch":

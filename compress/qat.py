@@ -17,13 +17,13 @@ import sys
 
 import numpy as np
 import torch
-from fer_edge.train.predictor import predict_logits
 from torch import nn
 
 from fer_edge.data import stratified_subset
 from fer_edge.errors import CheckpointError, InputError
 from fer_edge.metrics import classification_report
 from fer_edge.preprocess import PreprocessSpec
+from fer_edge.train.predictor import predict_logits
 
 from . import finetune
 from .models import inference_state, load_model, model_cost, model_from_any_state, save_model_bundle

@@ -76,7 +76,9 @@ def _require(meta: dict, key: str, kind: type | tuple[type, ...]):
     if key not in meta:
         raise BundleError(f"model.json lacks the field {key!r}")
     if not isinstance(meta[key], kind):
-        raise BundleError(f"model.json field {key!r} has the wrong type ({type(meta[key]).__name__})")
+        raise BundleError(
+            f"model.json field {key!r} has the wrong type ({type(meta[key]).__name__})"
+        )
     return meta[key]
 
 
@@ -194,16 +196,19 @@ def save_bundle(
     return load_bundle(out_dir)
 
 
-def default_bundle_path() -> Path:
-    """The bundle shipped inside the package."""
-    return Path(str(resources.files("fer_edge") / "models" / "default"))
+def default_bundle_path(pytorch: bool = False) -> Path:
+    """The bundle shipped inside the package; ``pytorch=True`` gives the PyTorch weights it was
+    exported from (what training, compression and export start from)."""
+    return Path(
+        str(resources.files("fer_edge") / "models" / ("default_pytorch" if pytorch else "default"))
+    )
 
 
-def resolve(model: str | os.PathLike) -> Path:
+def resolve(model: str | os.PathLike, pytorch: bool = False) -> Path:
     """Map ``default`` or a path to a bundle folder path (not yet loaded)."""
     if str(model) == "default":
-        p = default_bundle_path()
+        p = default_bundle_path(pytorch)
         if not (p / "model.json").is_file():
-            raise BundleError("this fer-edge installation ships no default model bundle")
+            raise BundleError(f"this fer-edge installation ships no {p.name} model bundle")
         return p
     return Path(model)

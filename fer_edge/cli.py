@@ -78,11 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        extra = "train" if e.name and e.name.split(".")[0] in {"torch", "torchvision", "torch_pruning", "litert_torch", "onnx", "sklearn", "matplotlib", "tqdm", "yaml", "nncf"} else None
+        extra = (
+            "train"
+            if e.name
+            and e.name.split(".")[0]
+            in {
+                "torch",
+                "torchvision",
+                "torch_pruning",
+                "litert_torch",
+                "onnx",
+                "sklearn",
+                "matplotlib",
+                "tqdm",
+                "yaml",
+                "nncf",
+            }
+            else None
+        )
         hint = f": pip install 'fer-edge[{extra}]'" if extra else ""
         print(f"fer-edge {name}: needs the Python package {e.name!r}{hint}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"fer-edge {name}", description=(module.__doc__ or text).strip(), formatter_class=_Formatter)
+    parser = argparse.ArgumentParser(
+        prog=f"fer-edge {name}",
+        description=(module.__doc__ or text).strip(),
+        formatter_class=_Formatter,
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

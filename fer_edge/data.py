@@ -125,7 +125,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
     return img
 
 
-def _decode_all(paths: list[str], spec: PreprocessSpec, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _decode_all(
+    paths: list[str], spec: PreprocessSpec, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode and resize every path; returns (images, ok mask)."""
     out = np.zeros((len(paths), spec.size, spec.size, spec.channels), np.uint8)
     ok = np.zeros(len(paths), bool)
@@ -266,7 +268,12 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
                 name = FER2013_CSV_ORDER[int(row["emotion"])]
                 pixels = np.array(row["pixels"].split(), dtype=np.int64)
                 side = int(round(np.sqrt(pixels.size)))
-                if side * side != pixels.size or side == 0 or pixels.min() < 0 or pixels.max() > 255:
+                if (
+                    side * side != pixels.size
+                    or side == 0
+                    or pixels.min() < 0
+                    or pixels.max() > 255
+                ):
                     raise ValueError("pixel count is not a square or values out of range")
             except (KeyError, ValueError, IndexError, AttributeError):
                 bad += 1
@@ -277,7 +284,9 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
             images.append(resize_face(pixels.astype(np.uint8).reshape(side, side), spec))
             labels.append(label_names.index(name))
     if not labels:
-        raise DatasetError(f"{path}: no usable rows" + (f" with Usage == {usage!r}" if usage else ""))
+        raise DatasetError(
+            f"{path}: no usable rows" + (f" with Usage == {usage!r}" if usage else "")
+        )
     return FaceDataset(
         images=np.stack(images),
         labels=np.array(labels, np.int64),
@@ -295,7 +304,9 @@ def _read_label_list(path: Path, label_names, spec, use_cache, progress) -> Face
         reader = csv.DictReader(f)
         cols = {c.strip().lower() for c in (reader.fieldnames or [])}
         if not {"path", "label"} <= cols:
-            raise DatasetError(f"{path}: a label list needs 'path' and 'label' columns, has {sorted(cols)}")
+            raise DatasetError(
+                f"{path}: a label list needs 'path' and 'label' columns, has {sorted(cols)}"
+            )
         has_va = {"valence", "arousal"} <= cols
         for row in reader:
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
@@ -350,7 +361,9 @@ def load_dataset(
         raise DatasetError(f"dataset path {str(root)!r} does not exist")
     if root.is_file():
         if root.suffix.lower() != ".csv":
-            raise DatasetError(f"{root} is a file but not a .csv (Kaggle fer2013.csv or a label list)")
+            raise DatasetError(
+                f"{root} is a file but not a .csv (Kaggle fer2013.csv or a label list)"
+            )
         with open(root, newline="", encoding="utf-8") as f:
             header = {c.strip().lower() for c in next(csv.reader(f), [])}
         if {"emotion", "pixels"} <= header:
@@ -361,10 +374,14 @@ def load_dataset(
     subdirs = {p.name for p in root.iterdir() if p.is_dir()}
     if split is not None:
         if split not in subdirs:
-            raise DatasetError(f"{root} has no {split!r} folder (has: {', '.join(sorted(subdirs)) or 'none'})")
+            raise DatasetError(
+                f"{root} has no {split!r} folder (has: {', '.join(sorted(subdirs)) or 'none'})"
+            )
         root = root / split
     elif subdirs and subdirs <= set(SPLITS) | {"_cache"}:
-        raise DatasetError(f"{root} holds split folders ({', '.join(sorted(subdirs))}): choose one with split/--split")
+        raise DatasetError(
+            f"{root} holds split folders ({', '.join(sorted(subdirs))}): choose one with split/--split"
+        )
     if not any(p.is_dir() for p in root.iterdir()):
         return _read_plain_folder(root, label_names, spec, cache, progress)
     return _read_class_folders(root, label_names, spec, cache, progress)

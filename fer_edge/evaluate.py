@@ -25,31 +25,58 @@ from .preprocess import PreprocessSpec, normalize
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="bundle folder, checkpoint .pt, or 'default'")
-    p.add_argument("--data", required=True, help="class-folder root, split root (with --split), Kaggle CSV or label list")
-    p.add_argument("--split", help="train, val or test, when DATA holds splits (or is the Kaggle CSV)")
-    p.add_argument("--backend", default="auto", help="runtime for non-PyTorch bundles: auto, onnxruntime, openvino, tflite")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="class-folder root, split root (with --split), Kaggle CSV or label list",
+    )
+    p.add_argument(
+        "--split", help="train, val or test, when DATA holds splits (or is the Kaggle CSV)"
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="runtime for non-PyTorch bundles: auto, onnxruntime, openvino, tflite",
+    )
     p.add_argument("--threads", type=int, help="inference threads")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped face (PyTorch models)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average with the horizontally flipped face (PyTorch models)",
+    )
     p.add_argument("--confusion", help="write the confusion matrix as a PNG here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def load_scorer(model: str, backend: str, threads: int | None, tta: bool) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str]:
+def load_scorer(
+    model: str, backend: str, threads: int | None, tta: bool
+) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str]:
     """Return (uint8 faces -> logits, labels, preprocess spec, description) for any MODEL."""
     path = bundle_io.resolve(model)
-    is_torch = path.suffix == ".pt" or (path.is_dir() and bundle_io.load_bundle(path).format == "pytorch")
+    is_torch = path.suffix == ".pt" or (
+        path.is_dir() and bundle_io.load_bundle(path).format == "pytorch"
+    )
     if is_torch:
         try:
             import torch
 
-            from fer_edge.train.predictor import load_torch_model, predict_logits
+            from fer_edge.compress.models import load_model
+            from fer_edge.train.predictor import predict_logits
         except ModuleNotFoundError as e:
-            raise InputError(f"{model} is a PyTorch model; evaluating it needs the [train] extra ({e.name} is missing)") from None
+            raise InputError(
+                f"{model} is a PyTorch model; evaluating it needs the [train] extra ({e.name} is missing)"
+            ) from None
         if threads:
             torch.set_num_threads(threads)
-        net, labels, spec, _ = load_torch_model(path)
-        return (lambda faces: predict_logits(net, faces, spec, hflip_tta=tta)), labels, spec, "pytorch"
+        loaded = load_model(path)  # float, pruned or QAT
+        net, labels, spec = loaded.model, loaded.labels, loaded.spec
+        return (
+            (lambda faces: predict_logits(net, faces, spec, hflip_tta=tta)),
+            labels,
+            spec,
+            "pytorch",
+        )
     if tta:
         raise InputError("--tta is for PyTorch models; exported bundles run as deployed")
     from .runtimes import load_runtime
@@ -59,42 +86,74 @@ def load_scorer(model: str, backend: str, threads: int | None, tta: bool) -> tup
     return (lambda faces: rt.run(normalize(faces, b.preprocess))), b.labels, b.preprocess, rt.name
 
 
-def evaluate(model: str, data: str, split: str | None = None, *, backend: str = "auto", threads: int | None = None, batch_size: int = 256, tta: bool = False) -> dict:
+def evaluate(
+    model: str,
+    data: str,
+    split: str | None = None,
+    *,
+    backend: str = "auto",
+    threads: int | None = None,
+    batch_size: int = 256,
+    tta: bool = False,
+) -> dict:
     scorer, labels, spec, backend_used = load_scorer(model, backend, threads, tta)
     ds = load_dataset(data, split, labels=labels, spec=spec)
     if len(ds) == 0:
         raise InputError(f"{data}: no labelled faces to evaluate")
     t0 = time.time()
-    logits = np.concatenate([scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)])
+    logits = np.concatenate(
+        [scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]
+    )
     seconds = time.time() - t0
     report = classification_report(ds.labels, logits, labels)
     report.update(
-        model=str(model), data=str(data), split=split, backend=backend_used,
-        skipped_classes=ds.skipped_classes, n_unreadable=ds.n_unreadable,
-        seconds=round(seconds, 3), tta=tta,
+        model=str(model),
+        data=str(data),
+        split=split,
+        backend=backend_used,
+        skipped_classes=ds.skipped_classes,
+        n_unreadable=ds.n_unreadable,
+        seconds=round(seconds, 3),
+        tta=tta,
     )
     return report
 
 
 def _table(r: dict) -> str:
     lines = [
-        f"model {r['model']} ({r['backend']}) on {r['data']}" + (f" [{r['split']}]" if r["split"] else ""),
+        f"model {r['model']} ({r['backend']}) on {r['data']}"
+        + (f" [{r['split']}]" if r["split"] else ""),
         f"n = {r['n']}   accuracy = {r['accuracy']:.4f}   macro-F1 = {r['macro_f1']:.4f}"
-        + (f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else ""),
+        + (
+            f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else ""
+        ),
         f"{'class':<10} {'prec':>6} {'recall':>6} {'f1':>6} {'auc':>6} {'n':>6}",
     ]
     for name, m in r["per_class"].items():
         auc = f"{m['roc_auc']:.3f}" if m["roc_auc"] is not None else "-"
-        lines.append(f"{name:<10} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {auc:>6} {m['support']:>6}")
+        lines.append(
+            f"{name:<10} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {auc:>6} {m['support']:>6}"
+        )
     if r["skipped_classes"]:
-        lines.append("skipped classes the model does not know: " + ", ".join(f"{k} ({v})" for k, v in r["skipped_classes"].items()))
+        lines.append(
+            "skipped classes the model does not know: "
+            + ", ".join(f"{k} ({v})" for k, v in r["skipped_classes"].items())
+        )
     if r["n_unreadable"]:
         lines.append(f"skipped {r['n_unreadable']} unreadable images")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.model, args.data, args.split, backend=args.backend, threads=args.threads, batch_size=args.batch_size, tta=args.tta)
+    report = evaluate(
+        args.model,
+        args.data,
+        args.split,
+        backend=args.backend,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        tta=args.tta,
+    )
     if args.confusion:
         title = f"{Path(str(args.model)).name} on {args.split or Path(args.data).name}: acc {report['accuracy']:.3f}"
         plot_confusion(report["confusion"], report["labels"], args.confusion, title)

@@ -6,7 +6,15 @@ from __future__ import annotations
 FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 # Kaggle fer2013.csv encodes the emotion as an index in this order.
-FER2013_CSV_ORDER: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FER2013_CSV_ORDER: tuple[str, ...] = (
+    "angry",
+    "disgust",
+    "fear",
+    "happy",
+    "sad",
+    "surprise",
+    "neutral",
+)
 
 ALIASES: dict[str, str] = {
     "anger": "angry",

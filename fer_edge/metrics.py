@@ -26,7 +26,13 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[
         auc = None
         if present[i] and s[i] < len(y_true):
             auc = float(roc_auc_score(y_true == i, scores[:, i]))
-        per_class[name] = {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]), "roc_auc": auc}
+        per_class[name] = {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+            "roc_auc": auc,
+        }
     aucs = [v["roc_auc"] for v in per_class.values() if v["roc_auc"] is not None]
     return {
         "n": int(len(y_true)),
@@ -41,7 +47,9 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[
     }
 
 
-def plot_confusion(confusion: list[list[int]], labels: list[str], path: str, title: str = "") -> None:
+def plot_confusion(
+    confusion: list[list[int]], labels: list[str], path: str, title: str = ""
+) -> None:
     """Row-normalised confusion matrix with counts, as a PNG."""
     import matplotlib
 
@@ -60,8 +68,15 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: str, tit
     ax.set_ylabel("true")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()

@@ -85,7 +85,9 @@ def as_uint8_image(img: object, what: str = "image") -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise InputError(f"{what} must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {img.shape}")
+        raise InputError(
+            f"{what} must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {img.shape}"
+        )
     h, w = img.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"{what} is empty (shape {img.shape})")
@@ -143,8 +145,10 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess(crops: Sequence[object] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Face crops -> float32 (N, C, S, S) network input."""
-    if isinstance(crops, np.ndarray) and crops.ndim in (2, 3) and not (
-        crops.ndim == 3 and crops.shape[2] > 4
+    if (
+        isinstance(crops, np.ndarray)
+        and crops.ndim in (2, 3)
+        and not (crops.ndim == 3 and crops.shape[2] > 4)
     ):
         crops = [crops]  # a single crop passed bare
     crops = list(crops)

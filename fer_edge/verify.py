@@ -19,5 +19,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(b.meta, indent=2))
     else:
-        print(f"ok: {b.root} ({b.format}, {b.precision}, {len(b.meta['files'])} files verified, labels: {', '.join(b.labels)})")
+        print(
+            f"ok: {b.root} ({b.format}, {b.precision}, {len(b.meta['files'])} files verified, labels: {', '.join(b.labels)})"
+        )
     return 0

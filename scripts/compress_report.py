@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fer_edge.runtimes import load_runtime
 
 from fer_edge import atomic
 from fer_edge.bundle import load_bundle
 from fer_edge.data import load_dataset
 from fer_edge.preprocess import normalize
+from fer_edge.runtimes import load_runtime
 
 
 def _args(module, argv: list[str]) -> argparse.Namespace:
@@ -88,6 +88,7 @@ class _TorchRunner:
 def measure_torch(model_path: Path, test) -> dict:
     """Test accuracy, parameters, MACs and PyTorch file size of a pytorch bundle or checkpoint."""
     import torch
+
     from fer_edge.compress.models import checkpoint_path, load_model, model_cost
     from fer_edge.train.predictor import predict_logits
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from fer_edge.compress import distill, prune, qat
+    from fer_edge.compress.parity import ParityError
 
     out = Path(a.out)
     common = ["--data", a.data, "--batch-size", str(a.batch_size)]
@@ -188,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
             row.pop("pytorch")
         targets = ("tflite", "openvino") if int8 else ("onnx", "tflite", "openvino")
         for target in targets:
-            bundle = _export(model, target, int8, a.data, out / "export" / f"{name}_{target}")
+            try:
+                bundle = _export(model, target, int8, a.data, out / "export" / f"{name}_{target}")
+            except ParityError as e:  # recorded, so one refused format does not lose the table
+                row[target] = {"refused": str(e)}
+                continue
             row[target] = measure_format(bundle, test)
-        if int8:  # the deployed INT8 accuracy is the runtime's
-            row["test_accuracy"] = row["tflite"]["test_accuracy"]
+        deployed = [row[t]["test_accuracy"] for t in targets if "test_accuracy" in row[t]]
+        if int8 and deployed:  # the deployed INT8 accuracy is the runtime's (TFLite first)
+            row["test_accuracy"] = deployed[0]
         report["rows"][name] = row
     text = json.dumps(report, indent=2)
     print(text)
@@ -210,7 +217,9 @@ def markdown(report: dict) -> str:
     lines = [head, "|" + "---|" * (4 + len(fmts))]
     for name, r in report["rows"].items():
         cells = [
-            f"{r[f]['bytes'] / 1024:.0f} / {r[f]['latency_ms']:.2f}" if f in r else "-"
+            f"{r[f]['bytes'] / 1024:.0f} / {r[f]['latency_ms']:.2f}"
+            if "bytes" in r.get(f, {})
+            else ("refused" if f in r else "-")
             for f in fmts
         ]
         lines.append(

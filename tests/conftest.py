@@ -17,7 +17,9 @@ DATA = Path(os.environ.get("FER_EDGE_DATA", REPO.parent / "shared" / "data"))
 def _need(path: Path, what: str) -> Path:
     if path.exists():
         return path
-    msg = f"{what} not found at {path} (set FER_EDGE_DATA to the folder holding fer2013/ and media/)"
+    msg = (
+        f"{what} not found at {path} (set FER_EDGE_DATA to the folder holding fer2013/ and media/)"
+    )
     if os.environ.get("FER_EDGE_REQUIRE_DATA") == "1":
         pytest.fail(msg + "; FER_EDGE_REQUIRE_DATA=1 makes this a failure", pytrace=False)
     pytest.skip(msg)

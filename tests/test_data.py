@@ -45,8 +45,16 @@ def test_aliases_unknown_classes_and_corrupt_files(fer2013_root, tmp_path):
 
 @pytest.mark.parametrize(
     "raw, name",
-    [("anger", "angry"), ("Sadness", "sad"), ("happiness", "happy"), ("surprised", "surprise"),
-     ("fearful", "fear"), ("disgusted", "disgust"), ("3_happy", "happy"), ("Neutral", "neutral")],
+    [
+        ("anger", "angry"),
+        ("Sadness", "sad"),
+        ("happiness", "happy"),
+        ("surprised", "surprise"),
+        ("fearful", "fear"),
+        ("disgusted", "disgust"),
+        ("3_happy", "happy"),
+        ("Neutral", "neutral"),
+    ],
 )
 def test_alias_mapping(raw, name):
     assert canonical(raw) == name
@@ -109,7 +117,9 @@ def test_cache_skips_decoding_second_time(small_fer_dir, monkeypatch):
     second = load_dataset(small_fer_dir, "test")
     np.testing.assert_array_equal(first.images, second.images)
     # a changed file list is a different key: decoding is needed again
-    (small_fer_dir / "test" / "happy" / "new.jpg").write_bytes((small_fer_dir / "test" / "happy").iterdir().__next__().read_bytes())
+    (small_fer_dir / "test" / "happy" / "new.jpg").write_bytes(
+        (small_fer_dir / "test" / "happy").iterdir().__next__().read_bytes()
+    )
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset(small_fer_dir, "test")
     (small_fer_dir / "test" / "happy" / "new.jpg").unlink()

@@ -83,5 +83,7 @@ def test_augment_is_reproducible_and_changes_images(small_fer_dir):
     assert a.shape == (16, 1, 48, 48)
     torch.testing.assert_close(a, b)
     assert (a - c).abs().mean() > 0.01
-    identity = FaceAugment(spec, flip=0, rotate=0, scale=(1, 1), translate=0, brightness=0, contrast=0)
+    identity = FaceAugment(
+        spec, flip=0, rotate=0, scale=(1, 1), translate=0, brightness=0, contrast=0
+    )
     torch.testing.assert_close(identity(x, torch.Generator()), to_input(x, spec), atol=1e-4, rtol=0)

@@ -15,11 +15,33 @@ from fer_edge.cli import main
 from fer_edge.errors import CheckpointError
 from fer_edge.train.checkpoint import load_checkpoint
 
-TRAIN = ["--arch", "vgg_small", "--batch-size", "32", "--lr", "0.02", "--threads", "1", "--no-progress"]
+TRAIN = [
+    "--arch",
+    "vgg_small",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.02",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def _train_cmd(data, out, epochs):
-    return [sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--epochs", str(epochs), "--out", str(out), *TRAIN]
+    return [
+        sys.executable,
+        "-m",
+        "fer_edge",
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        *TRAIN,
+    ]
 
 
 def _lines(path):
@@ -32,16 +54,24 @@ def test_resume_after_kill_loses_no_epoch_and_matches_uninterrupted(small_fer_di
     subprocess.run(_train_cmd(small_fer_dir, full, epochs), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(small_fer_dir, killed, epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(small_fer_dir, killed, epochs),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
-    while len(_lines(killed / "metrics.jsonl")) < 1 and time.time() < deadline and proc.poll() is None:
+    while (
+        len(_lines(killed / "metrics.jsonl")) < 1 and time.time() < deadline and proc.poll() is None
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_at_kill = len(_lines(killed / "metrics.jsonl"))
     assert 1 <= done_at_kill < epochs, "the kill should land mid-run"
 
-    subprocess.run(_train_cmd(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True)
+    subprocess.run(
+        _train_cmd(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True
+    )
     history = [json.loads(x) for x in _lines(killed / "metrics.jsonl")]
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     a, b = load_checkpoint(full / "last.pt")["model"], load_checkpoint(killed / "last.pt")["model"]
@@ -67,7 +97,20 @@ def test_loss_falls_and_eval_json_contract(small_fer_dir, tmp_path, capsys):
     assert history[-1]["loss"] < history[0]["loss"]
     capsys.readouterr()
     png = tmp_path / "cm.png"
-    rc = main(["eval", "--model", str(out / "best"), "--data", str(small_fer_dir), "--split", "test", "--json", "--confusion", str(png)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(out / "best"),
+            "--data",
+            str(small_fer_dir),
+            "--split",
+            "test",
+            "--json",
+            "--confusion",
+            str(png),
+        ]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("accuracy", "macro_f1", "n", "per_class", "confusion", "skipped_classes"):
@@ -79,7 +122,18 @@ def test_loss_falls_and_eval_json_contract(small_fer_dir, tmp_path, capsys):
     assert set(report["per_class"]) == set(report["labels"])
     assert png.stat().st_size > 1000
     # the checkpoint itself is a valid MODEL too, and gives the same numbers as its bundle
-    rc = main(["eval", "--model", str(out / "best" / "model.pt"), "--data", str(small_fer_dir), "--split", "test", "--json"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(out / "best" / "model.pt"),
+            "--data",
+            str(small_fer_dir),
+            "--split",
+            "test",
+            "--json",
+        ]
+    )
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["accuracy"])
 
 

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from fer_edge.preprocess import PreprocessSpec
 
 
-def _affine_tensors(spec: PreprocessSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine_tensors(
+    spec: PreprocessSpec, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     scale, offset = spec.affine()
     shape = (1, spec.channels, 1, 1)
     return (

@@ -20,7 +20,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", require=MODEL_KEYS) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", require=MODEL_KEYS
+) -> dict:
     """Load a checkpoint dict; raise CheckpointError naming the problem if it cannot be used."""
     path = Path(path)
     if not path.is_file():
@@ -39,5 +41,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     missing = [k for k in require if k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a fer-edge checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: not a fer-edge checkpoint"
+        )
     return state

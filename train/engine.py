@@ -42,7 +42,9 @@ def autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[torch.Tensor]:
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True
+) -> list[torch.Tensor]:
     """The shuffled batch indices of one epoch; a function of (seed, epoch) alone, so a resumed
     run sees exactly the batches an uninterrupted one would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -56,7 +58,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7_919 + epoch * 104_729 + 1)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -73,7 +77,9 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for h in history for k, v in h.items() if k != "epoch" and isinstance(v, int | float)})
+    keys = sorted(
+        {k for h in history for k, v in h.items() if k != "epoch" and isinstance(v, int | float)}
+    )
     losses = [k for k in keys if "loss" in k]
     scores = [k for k in keys if k not in losses and not k.startswith(("lr", "time", "images"))]
     panels = [p for p in (losses, scores) if p]
@@ -109,15 +115,23 @@ class Run:
     def resume_state(self, resume: bool) -> dict | None:
         if not resume:
             if self.last.exists():
-                raise InputError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+                raise InputError(
+                    f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
+                )
             return None
         if not self.last.exists():
             return None
         state = load_checkpoint(self.last, require=("epoch", "model", "optimizer", "config"))
-        mismatch = {k: (state["config"].get(k), v) for k, v in self.config.items() if k in RESUME_MUST_MATCH and state["config"].get(k) != v}
+        mismatch = {
+            k: (state["config"].get(k), v)
+            for k, v in self.config.items()
+            if k in RESUME_MUST_MATCH and state["config"].get(k) != v
+        }
         if mismatch:
             detail = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in mismatch.items())
-            raise CheckpointError(f"cannot resume {self.last}: the configuration differs ({detail})")
+            raise CheckpointError(
+                f"cannot resume {self.last}: the configuration differs ({detail})"
+            )
         self.history = list(state.get("history", []))
         return state
 
@@ -125,7 +139,9 @@ class Run:
         self.history.append(record)
         state["history"] = self.history
         save_checkpoint(self.last, state)
-        atomic.write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        atomic.write_text(
+            self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history)
+        )
         plot_curves(self.history, self.out / "curves.png", self.out.name)
 
 

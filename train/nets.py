@@ -40,7 +40,9 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, depth: int = 18, in_channels: int = 1):
         super().__init__()
-        net = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}[depth](weights=None)
+        net = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}[depth](
+            weights=None
+        )
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
         self.body = nn.Sequential(
@@ -58,7 +60,10 @@ class MobileNetV3Backbone(nn.Module):
 
     def __init__(self, variant: str = "small", in_channels: int = 1, width: float = 1.0):
         super().__init__()
-        ctor = {"small": torchvision.models.mobilenet_v3_small, "large": torchvision.models.mobilenet_v3_large}
+        ctor = {
+            "small": torchvision.models.mobilenet_v3_small,
+            "large": torchvision.models.mobilenet_v3_large,
+        }
         net = ctor[variant](weights=None, width_mult=width)
         stem = net.features[0][0]
         net.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)

@@ -26,20 +26,31 @@ def model_from_state(state: dict) -> FaceNet:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit architecture {state['arch']!r}: {str(e)[:300]}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit architecture {state['arch']!r}: {str(e)[:300]}"
+        ) from None
     return model.eval()
 
 
-def load_torch_model(path: str | os.PathLike) -> tuple[FaceNet, tuple[str, ...], PreprocessSpec, dict]:
+def load_torch_model(
+    path: str | os.PathLike,
+) -> tuple[FaceNet, tuple[str, ...], PreprocessSpec, dict]:
     """Load a FaceNet from a checkpoint file or a pytorch bundle; returns (model, labels, spec, state)."""
-    path = Path(bundle_io.resolve(path))
+    path = Path(bundle_io.resolve(path, pytorch=True))
     if path.is_dir():
         b = bundle_io.load_bundle(path)
         if b.format != "pytorch":
-            raise CheckpointError(f"{path} is a {b.format} bundle; PyTorch needs a checkpoint or a pytorch bundle")
+            raise CheckpointError(
+                f"{path} is a {b.format} bundle; PyTorch needs a checkpoint or a pytorch bundle"
+            )
         path = b.graph
     state = load_checkpoint(path)
-    return model_from_state(state), tuple(state["labels"]), PreprocessSpec.from_dict(state["preprocess"]), state
+    return (
+        model_from_state(state),
+        tuple(state["labels"]),
+        PreprocessSpec.from_dict(state["preprocess"]),
+        state,
+    )
 
 
 @torch.no_grad()
@@ -74,7 +85,10 @@ def inference_state(state: dict) -> dict:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
@@ -82,7 +96,9 @@ def git_commit() -> str | None:
         return None
 
 
-def save_pytorch_bundle(out: str | os.PathLike, state: dict, *, metrics: dict, source: dict) -> bundle_io.Bundle:
+def save_pytorch_bundle(
+    out: str | os.PathLike, state: dict, *, metrics: dict, source: dict
+) -> bundle_io.Bundle:
     """Write ``state`` as a pytorch bundle (model.pt + model.json) atomically."""
     import io
 

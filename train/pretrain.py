@@ -106,13 +106,13 @@ def parse_settings(items: list[str]) -> dict[str, str]:
 
 def load_faces(args: argparse.Namespace, spec: PreprocessSpec, progress: bool) -> FaceDataset:
     data = Path(args.data)
-    split = args.split if data.is_dir() and (data / args.split).is_dir() else None
-    if (
-        split is None
-        and data.suffix.lower() == ".csv"
-        and "pixels" in data.open(encoding="utf-8").readline()
-    ):
+    split = None
+    if data.is_dir() and (data / args.split).is_dir():
         split = args.split
+    elif data.is_file() and data.suffix.lower() == ".csv":
+        with open(data, encoding="utf-8", errors="replace") as f:
+            if "pixels" in f.readline():  # a Kaggle fer2013.csv: splits are its Usage column
+                split = args.split
     ds = load_dataset(data, split, spec=spec, progress=progress)
     if args.limit and args.limit < len(ds):
         ds = ds.subset(
@@ -145,18 +145,8 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
     device, log = ctx.device, (print if ctx.is_main else lambda *a, **k: None)
     module = methods.get(args.method)
     cfg = methods.config(args.method, parse_settings(args.set))
-    optim = {
-        **module.OPTIM,
-        **{
-            k: v
-            for k, v in (
-                ("optimizer", args.optimizer),
-                ("lr", args.lr),
-                ("weight_decay", args.weight_decay),
-            )
-            if v is not None
-        },
-    }
+    chosen = {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay}
+    optim = {**module.OPTIM, **{k: v for k, v in chosen.items() if v is not None}}
     if args.batch_size % ctx.world_size:
         raise InputError(
             f"--batch-size {args.batch_size} does not split evenly over {ctx.world_size} processes"

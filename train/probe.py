@@ -262,13 +262,14 @@ def probe(args: argparse.Namespace) -> dict:
         "rows": [],
     }
     needs_features = {"linear", "knn"} & set(args.protocols)
+    picks = {f: stratified_subset(train.labels, f, seed=args.seed) for f in args.fractions}
     if needs_features:
-        feats = {
-            name: features(model, ds.images, spec, device)
-            for name, ds in (("train", train), ("val", val), ("test", test))
-        }
-    for fraction in args.fractions:
-        pick = stratified_subset(train.labels, fraction, seed=args.seed)
+        used = np.unique(np.concatenate(list(picks.values())))  # only faces a fraction uses
+        feats = {"train": np.zeros((len(train), model.feat_dim), np.float32)}
+        feats["train"][used] = features(model, train.images[used], spec, device)
+        feats["val"] = features(model, val.images, spec, device)
+        feats["test"] = features(model, test.images, spec, device)
+    for fraction, pick in picks.items():
         x, y = (feats["train"][pick], train.labels[pick]) if needs_features else (None, None)
         for protocol in args.protocols:
             if protocol == "linear":

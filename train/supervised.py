@@ -31,26 +31,53 @@ from .predictor import predict_logits, save_pytorch_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="split root with train/ and val/, a class-folder root, a Kaggle fer2013.csv or a label-list CSV")
-    p.add_argument("--train-split", default="train", help="split used for training when DATA has splits")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="split root with train/ and val/, a class-folder root, a Kaggle fer2013.csv or a label-list CSV",
+    )
+    p.add_argument(
+        "--train-split", default="train", help="split used for training when DATA has splits"
+    )
     p.add_argument("--val-split", default="val", help="split used to select the best epoch")
-    p.add_argument("--val-data", help="separate validation dataset (default: --val-split of DATA, else 10%% of train)")
+    p.add_argument(
+        "--val-data",
+        help="separate validation dataset (default: --val-split of DATA, else 10%% of train)",
+    )
     p.add_argument("--arch", default="vgg", choices=sorted(ARCHS), help="network architecture")
     p.add_argument("--size", type=int, default=48, help="input side in pixels")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 = gray, 3 = BGR")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (after warm-up, cosine decay)")
+    p.add_argument(
+        "--lr", type=float, default=0.05, help="peak learning rate (after warm-up, cosine decay)"
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--init", help="checkpoint whose backbone initialises the network (e.g. from fer-edge pretrain)")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="train on this class-stratified fraction of the labels")
-    p.add_argument("--limit-per-class", type=int, help="at most this many training faces per class (quick runs)")
+    p.add_argument(
+        "--init",
+        help="checkpoint whose backbone initialises the network (e.g. from fer-edge pretrain)",
+    )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="train on this class-stratified fraction of the labels",
+    )
+    p.add_argument(
+        "--limit-per-class",
+        type=int,
+        help="at most this many training faces per class (quick runs)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/train", help="run folder: last.pt, metrics.jsonl, curves.png, best/")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--out", default="runs/train", help="run folder: last.pt, metrics.jsonl, curves.png, best/"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
@@ -60,14 +87,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _limit(ds: FaceDataset, per_class: int | None) -> FaceDataset:
     if not per_class:
         return ds
-    keep = np.concatenate([np.flatnonzero(ds.labels == c)[:per_class] for c in range(len(ds.label_names))])
+    keep = np.concatenate(
+        [np.flatnonzero(ds.labels == c)[:per_class] for c in range(len(ds.label_names))]
+    )
     return ds.subset(np.sort(keep))
 
 
-def load_train_val(args: argparse.Namespace, spec: PreprocessSpec) -> tuple[FaceDataset, FaceDataset]:
+def load_train_val(
+    args: argparse.Namespace, spec: PreprocessSpec
+) -> tuple[FaceDataset, FaceDataset]:
     data = Path(args.data)
     has_splits = data.is_dir() and (data / args.train_split).is_dir()
-    is_kaggle_csv = data.suffix.lower() == ".csv" and "pixels" in data.open(encoding="utf-8").readline()
+    is_kaggle_csv = (
+        data.suffix.lower() == ".csv" and "pixels" in data.open(encoding="utf-8").readline()
+    )
     split = args.train_split if (has_splits or is_kaggle_csv) else None
     train = load_dataset(data, split, spec=spec, progress=not args.no_progress)
     if args.val_data:
@@ -79,7 +112,9 @@ def load_train_val(args: argparse.Namespace, spec: PreprocessSpec) -> tuple[Face
         rest = np.setdiff1d(np.arange(len(train)), held)
         train, val = train.subset(rest), train.subset(held)
     if (train.labels < 0).all():
-        raise DatasetError(f"{args.data} has no labels; supervised training needs class folders, a CSV or a label list")
+        raise DatasetError(
+            f"{args.data} has no labels; supervised training needs class folders, a CSV or a label list"
+        )
     train = _limit(train, args.limit_per_class)
     if args.label_fraction < 1:
         train = train.subset(stratified_subset(train.labels, args.label_fraction, seed=args.seed))
@@ -120,12 +155,21 @@ def fit(args: argparse.Namespace) -> Path:
     spec = PreprocessSpec(size=args.size, channels=args.channels)
     out = Path(args.out)
     config = {
-        "method": "supervised", "arch": args.arch, "data": str(Path(args.data).resolve()),
-        "size": args.size, "channels": args.channels, "epochs": args.epochs,
-        "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-        "label_fraction": args.label_fraction, "limit_per_class": args.limit_per_class,
-        "seed": args.seed, "init": args.init,
+        "method": "supervised",
+        "arch": args.arch,
+        "data": str(Path(args.data).resolve()),
+        "size": args.size,
+        "channels": args.channels,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing,
+        "label_fraction": args.label_fraction,
+        "limit_per_class": args.limit_per_class,
+        "seed": args.seed,
+        "init": args.init,
     }
     run = engine.Run(out, config)
     resume_state = run.resume_state(args.resume)
@@ -133,21 +177,35 @@ def fit(args: argparse.Namespace) -> Path:
     train, val = load_train_val(args, spec)
     print(f"train: {train.summary()}\nval: {val.summary()}", file=sys.stderr)
     if len(train) < args.batch_size:
-        raise InputError(f"{len(train)} training faces is fewer than one batch of {args.batch_size}")
+        raise InputError(
+            f"{len(train)} training faces is fewer than one batch of {args.batch_size}"
+        )
 
     torch.manual_seed(args.seed)
-    model = build(args.arch, len(FER_LABELS), args.channels).to(device).to(memory_format=torch.channels_last)
+    model = (
+        build(args.arch, len(FER_LABELS), args.channels)
+        .to(device)
+        .to(memory_format=torch.channels_last)
+    )
     if args.init and resume_state is None:
-        print(f"initialised {init_from(model, args.init)} backbone tensors from {args.init}", file=sys.stderr)
+        print(
+            f"initialised {init_from(model, args.init)} backbone tensors from {args.init}",
+            file=sys.stderr,
+        )
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.AdamW(groups, lr=args.lr)
     steps_per_epoch = len(train) // args.batch_size
-    sched = engine.warmup_cosine(opt, steps_per_epoch * args.epochs, int(steps_per_epoch * args.warmup_epochs))
+    sched = engine.warmup_cosine(
+        opt, steps_per_epoch * args.epochs, int(steps_per_epoch * args.warmup_epochs)
+    )
 
     start_epoch, best = 0, {"val_accuracy": -1.0}
     if resume_state is not None:
@@ -177,26 +235,55 @@ def fit(args: argparse.Namespace) -> Path:
 
     def state(epoch: int) -> dict:
         return {
-            "model": model.state_dict(), "arch": args.arch, "num_classes": len(FER_LABELS),
-            "in_channels": args.channels, "labels": list(FER_LABELS), "preprocess": spec.to_dict(),
-            "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "config": config, "best": best,
+            "model": model.state_dict(),
+            "arch": args.arch,
+            "num_classes": len(FER_LABELS),
+            "in_channels": args.channels,
+            "labels": list(FER_LABELS),
+            "preprocess": spec.to_dict(),
+            "epoch": epoch,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "config": config,
+            "best": best,
         }
 
     def on_epoch_end(epoch: int, record: dict) -> None:
         if record["val_accuracy"] > best["val_accuracy"]:
-            best.update(epoch=epoch + 1, val_accuracy=record["val_accuracy"], val_macro_f1=record["val_macro_f1"])
+            best.update(
+                epoch=epoch + 1,
+                val_accuracy=record["val_accuracy"],
+                val_macro_f1=record["val_macro_f1"],
+            )
             save_pytorch_bundle(
-                out / "best", state(epoch),
-                metrics={"val": {"accuracy": record["val_accuracy"], "macro_f1": record["val_macro_f1"], "epoch": epoch + 1}},
-                source={"config": config, "device": str(device), "torch": torch.__version__, "train_faces": len(train)},
+                out / "best",
+                state(epoch),
+                metrics={
+                    "val": {
+                        "accuracy": record["val_accuracy"],
+                        "macro_f1": record["val_macro_f1"],
+                        "epoch": epoch + 1,
+                    }
+                },
+                source={
+                    "config": config,
+                    "device": str(device),
+                    "torch": torch.__version__,
+                    "train_faces": len(train),
+                },
             )
 
     engine.run_epochs(
-        run, epochs=args.epochs, start_epoch=start_epoch,
+        run,
+        epochs=args.epochs,
+        start_epoch=start_epoch,
         steps=lambda e: engine.epoch_batches(len(train), args.batch_size, args.seed, e),
-        step=step, evaluate=lambda e: evaluate_split(model, val, spec, device),
-        state_fn=state, seed=args.seed, progress=not args.no_progress, on_epoch_end=on_epoch_end,
+        step=step,
+        evaluate=lambda e: evaluate_split(model, val, spec, device),
+        state_fn=state,
+        seed=args.seed,
+        progress=not args.no_progress,
+        on_epoch_end=on_epoch_end,
     )
     print(
         f"done in {time.time() - t_start:.0f}s; best epoch {best.get('epoch')} "

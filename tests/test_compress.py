@@ -1,0 +1,205 @@
+"""distill, prune and qat: a few steps on real small data, outputs that load back, resume, and
+clear errors for bad checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+pytest.importorskip("litert_torch")
+
+from fer_edge.bundle import load_bundle  # noqa: E402
+from fer_edge.compress import distill, prune, qat  # noqa: E402
+from fer_edge.compress.models import load_model, model_cost  # noqa: E402
+from fer_edge.data import load_dataset  # noqa: E402
+from fer_edge.errors import CheckpointError, InputError  # noqa: E402
+from fer_edge.labels import FER_LABELS  # noqa: E402
+from fer_edge.preprocess import PreprocessSpec  # noqa: E402
+from fer_edge.train.checkpoint import save_checkpoint  # noqa: E402
+from fer_edge.train.nets import build, count_params  # noqa: E402
+from fer_edge.train.predictor import load_torch_model, predict_logits  # noqa: E402
+
+QUICK = ["--batch-size", "32", "--limit-per-class", "8", "--no-progress", "--threads", "2"]
+
+
+def _parse(module, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build("vgg_small")
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "arch": "vgg_small",
+            "num_classes": 7,
+            "in_channels": 1,
+            "labels": list(FER_LABELS),
+            "preprocess": PreprocessSpec().to_dict(),
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def student(teacher, small_fer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "run"
+    argv = [
+        "--teacher",
+        str(teacher),
+        "--student",
+        "compact_cnn",
+        "--data",
+        str(small_fer_dir),
+        "--epochs",
+        "1",
+        "--feat-weight",
+        "0.5",
+        "--out",
+        str(out),
+        *QUICK,
+    ]
+    return distill.distill(_parse(distill, argv)).root
+
+
+@pytest.mark.parametrize("arch", ["compact_cnn", "compact_cnn_wide", "mobilenetv3_small_075"])
+def test_students_are_small_and_run(arch):
+    model = build(arch).eval()
+    assert count_params(model) <= distill.MAX_STUDENT_PARAMS
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+
+
+def test_kd_loss_is_zero_only_for_matching_soft_targets():
+    t = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    same = distill.kd_loss(t, t, y, 4.0, 1.0)
+    assert same.abs() < 1e-6
+    assert distill.kd_loss(-t, t, y, 4.0, 1.0) > 0.01
+
+
+def test_distill_writes_loadable_student(student, teacher, small_fer_dir):
+    b = load_bundle(student)
+    assert b.format == "pytorch" and b.meta["model"]["arch"] == "compact_cnn"
+    assert b.meta["metrics"]["params"] == count_params(build("compact_cnn"))
+    model, labels, spec, _ = load_torch_model(student)  # the lead's loader reads it too
+    faces = load_dataset(small_fer_dir, "val").images[:5]
+    assert predict_logits(model, faces, spec).shape == (5, 7) and labels == FER_LABELS
+    # A finished run resumes to the same bundle; an existing run is not overwritten by accident.
+    argv = [
+        "--teacher",
+        str(teacher),
+        "--student",
+        "compact_cnn",
+        "--data",
+        str(small_fer_dir),
+        "--epochs",
+        "1",
+        "--feat-weight",
+        "0.5",
+        "--out",
+        str(b.root.parent),
+        *QUICK,
+    ]
+    with pytest.raises(InputError, match="--resume"):
+        distill.distill(_parse(distill, argv))
+    again = distill.distill(_parse(distill, [*argv, "--resume"]))
+    assert again.meta["files"] == b.meta["files"]
+
+
+def test_prune_shrinks_reloads_and_resumes(student, small_fer_dir, tmp_path):
+    out = tmp_path / "prune"
+    argv = [
+        "--model",
+        str(student),
+        "--data",
+        str(small_fer_dir),
+        "--ratio",
+        "0.5",
+        "--epochs",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        *QUICK,
+    ]
+    b = prune.prune(_parse(prune, argv))
+    m = b.meta["metrics"]
+    assert (
+        m["after"]["params"] < 0.5 * m["before"]["params"]
+        and m["after"]["macs"] < m["before"]["macs"]
+    )
+    lm = load_model(b.root)
+    assert model_cost(lm.model, lm.spec) == m["after"]
+    faces = load_dataset(small_fer_dir, "val").images[:8]
+    logits = predict_logits(lm.model, faces, lm.spec)
+    # Resuming the finished run rebuilds the pruned network from last.pt's structure record.
+    (out / "bundle" / "model.json").unlink()
+    again = prune.prune(_parse(prune, [*argv, "--resume"]))
+    np.testing.assert_allclose(
+        predict_logits(load_model(again.root).model, faces, lm.spec), logits, atol=1e-5
+    )
+
+
+def test_prune_refuses_bad_ratio(student, small_fer_dir, tmp_path):
+    argv = [
+        "--model",
+        str(student),
+        "--data",
+        str(small_fer_dir),
+        "--ratio",
+        "1.2",
+        "--out",
+        str(tmp_path),
+        *QUICK,
+    ]
+    with pytest.raises(InputError, match="--ratio"):
+        prune.prune(_parse(prune, argv))
+
+
+def test_qat_writes_int8_model_with_ptq_row(student, small_fer_dir, tmp_path):
+    argv = [
+        "--model",
+        str(student),
+        "--data",
+        str(small_fer_dir),
+        "--epochs",
+        "1",
+        "--calib-faces",
+        "64",
+        "--out",
+        str(tmp_path / "qat"),
+        *QUICK,
+    ]
+    b = qat.qat(_parse(qat, argv))
+    assert b.precision == "int8" and b.meta["model"]["kind"] == "qat"
+    m = b.meta["metrics"]
+    assert {"val", "val_fp32", "val_ptq_int8"} <= set(m) and 0 <= m["val_ptq_int8"]["accuracy"] <= 1
+    lm = load_model(b.root)
+    assert lm.kind == "qat"
+    faces = load_dataset(small_fer_dir, "val")
+    logits = predict_logits(lm.model, faces.images, lm.spec)
+    assert logits.shape == (len(faces), 7) and np.isfinite(logits).all()
+    acc = float((logits.argmax(1) == faces.labels).mean())
+    assert acc == pytest.approx(
+        m["val"]["accuracy"], abs=0.02
+    )  # the bundle rebuilds the trained graph
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
