@@ -49,7 +49,8 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        return self.meta.get("name", self.root.name)
+        name = self.meta.get("name")
+        return name if isinstance(name, str) and name else self.root.name
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +104,9 @@ def validate_meta(meta: object) -> None:
     except InputError as e:
         raise BundleError(f"model.json 'preprocess': {e}") from None
     model = _require(meta, "model", dict)
+    for key in ("format", "file", "precision"):
+        if key in model and not isinstance(model[key], str):
+            raise BundleError(f"model.json model.{key} must be a string, got {model[key]!r}")
     fmt = model.get("format")
     if fmt not in FORMATS:
         raise BundleError(f"model.json model.format {fmt!r} is not one of {sorted(FORMATS)}")

@@ -11,6 +11,7 @@ Two stages, because training augments between them:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -42,8 +43,16 @@ class PreprocessSpec:
             raise InputError(f"preprocess.size must be in [8, 1024], got {self.size}")
         if len(self.mean) not in (1, self.channels) or len(self.std) != len(self.mean):
             raise InputError("preprocess.mean/std must have 1 or `channels` entries, equally many")
-        if any(s <= 0 for s in self.std):
-            raise InputError("preprocess.std entries must be positive")
+        # Bounds, not just signs: a NaN, infinite or vanishing entry from a damaged model.json
+        # would turn every face into NaN or infinite network input.
+        if not all(math.isfinite(m) and abs(m) <= 1e3 for m in self.mean):
+            raise InputError(
+                f"preprocess.mean entries must be finite, in [-1000, 1000]: {self.mean}"
+            )
+        if not all(math.isfinite(s) and 1e-6 <= s <= 1e3 for s in self.std):
+            raise InputError(f"preprocess.std entries must be in [1e-6, 1000]: {self.std}")
+        if not (math.isfinite(self.face_margin) and 0 <= self.face_margin <= 2):
+            raise InputError(f"preprocess.face_margin must be in [0, 2], got {self.face_margin}")
         if self.layout != "NCHW":
             raise InputError(f"preprocess.layout must be NCHW, got {self.layout!r}")
 
@@ -102,12 +111,14 @@ def as_uint8_image(img: object, what: str = "image") -> np.ndarray:
             raise InputError(f"{what} has integer values outside [0, 255] ({img.dtype})")
         return np.ascontiguousarray(img.astype(np.uint8))
     if np.issubdtype(img.dtype, np.floating):
-        f = img.astype(np.float32, copy=False)
-        if not np.isfinite(f).all():
+        if not np.isfinite(img).all():
             raise InputError(f"{what} contains NaN or infinite values")
-        if f.size and f.max() <= 1.0:
-            f = f * 255.0
-        return np.ascontiguousarray(np.clip(np.rint(f), 0, 255).astype(np.uint8))
+        # Clip in the frame's own dtype: float64 values beyond float32's range would overflow.
+        if img.max() <= 1.0:
+            f = np.clip(img, 0.0, 1.0).astype(np.float32) * 255.0
+        else:
+            f = np.clip(img, 0.0, 255.0).astype(np.float32)
+        return np.ascontiguousarray(np.rint(f).astype(np.uint8))
     raise InputError(f"{what} has unsupported dtype {img.dtype}")
 
 

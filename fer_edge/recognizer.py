@@ -195,9 +195,18 @@ class Recognizer:
             and not (faces.ndim == 3 and faces.shape[2] > 4)
         ):
             faces = [faces]  # one crop passed bare
-        if faces is None or isinstance(faces, (str, bytes)):
+        if (
+            faces is None
+            or isinstance(faces, (str, bytes))
+            or (isinstance(faces, np.ndarray) and faces.ndim < 2)
+        ):
             raise InputError("classify() takes a list of face crops (numpy arrays)")
-        faces = list(faces)
+        try:
+            faces = list(faces)
+        except TypeError:
+            raise InputError(
+                f"classify() takes a list of face crops, got {type(faces).__name__}"
+            ) from None
         if not faces:
             return []
         crops = np.stack([resize_face(f, self.spec) for f in faces])

@@ -35,13 +35,27 @@ class OnnxRuntime(Runtime):
             raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
         self._input = inputs[0].name
         self._output = outputs[0].name
+        spec = bundle.preprocess
+        want, got = (spec.channels, spec.size, spec.size), tuple(inputs[0].shape or ())[1:]
+        # Symbolic (str) or unknown dims accept anything; fixed ones must match the preprocessing.
+        if len(got) != 3 or any(isinstance(g, int) and g > 0 and g != w for g, w in zip(got, want)):
+            raise RuntimeBackendError(
+                f"{bundle.graph.name}: input shape {inputs[0].shape} does not match the bundle's "
+                f"preprocess (N x {want[0]} x {want[1]} x {want[2]})"
+            )
         self._check_num_classes(outputs[0].shape[-1] if outputs[0].shape else None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = self._check_batch(batch)
         if len(x) == 0:
             return np.zeros((0, self.num_outputs), np.float32)
-        return self.session.run([self._output], {self._input: x})[0]
+        try:
+            return self.session.run([self._output], {self._input: x})[0]
+        except Exception as e:  # onnxruntime's own error types, e.g. a graph that fails to run
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeBackendError(
+                f"onnxruntime failed on {self.bundle.graph.name}: {first}"
+            ) from None
 
 
 def load(bundle: Bundle, num_threads: int | None = None) -> OnnxRuntime:

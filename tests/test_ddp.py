@@ -9,6 +9,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+
 from fer_edge.train import methods, pretrain
 from fer_edge.train.checkpoint import load_checkpoint
 

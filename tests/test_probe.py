@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
-from fer_edge.train import pretrain
-from fer_edge.train.probe import knn_scores, linear_probe
 
 from fer_edge.cli import main
 from fer_edge.data import load_dataset, stratified_subset
 from fer_edge.preprocess import PreprocessSpec
+from fer_edge.train import pretrain
+from fer_edge.train.probe import knn_scores, linear_probe
 
 
 def test_knn_votes_with_similarity_weights():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fer_edge.runtimes import available_backends, load_runtime
-from fer_edge.runtimes.tflite import _dequantize, _quantize
 from sdk_helpers import make_bundle, reference, weights
 
 from fer_edge.bundle import save_bundle
 from fer_edge.errors import BundleError, FerEdgeError, RuntimeBackendError
 from fer_edge.preprocess import PreprocessSpec
+from fer_edge.runtimes import available_backends, load_runtime
+from fer_edge.runtimes.tflite import _dequantize, _quantize
 
 BACKENDS = available_backends()
 CASES = [  # (format, tflite options, backend)

@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
+from fer_edge.cli import main
+from fer_edge.errors import DatasetError, InputError
 from fer_edge.train import engine, methods, pretrain
 from fer_edge.train.checkpoint import load_checkpoint
 from fer_edge.train.nets import build
 from fer_edge.train.supervised import init_from
-
-from fer_edge.cli import main
-from fer_edge.errors import DatasetError, InputError
 
 SIZE = 24  # vgg_small at 24 px: a 3x3 dense map, enough for the region branch and fast on CPU
 
