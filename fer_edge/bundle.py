@@ -64,12 +64,17 @@ def _confined(root: Path, rel: object) -> Path:
     if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")):
         raise BundleError(f"bundle file reference {rel!r} escapes the bundle folder")
     full = root / p
-    if full.is_symlink():
-        raise BundleError(f"bundle file {rel!r} is a symbolic link; bundles hold plain files")
     try:
-        full.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise BundleError(f"bundle file reference {rel!r} escapes the bundle folder") from None
+        is_link = full.is_symlink()
+        inside = full.resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long for the file system
+        raise BundleError(
+            f"bundle file reference {rel[:100]!r} is not a usable file name: {e}"
+        ) from None
+    if is_link:
+        raise BundleError(f"bundle file {rel!r} is a symbolic link; bundles hold plain files")
+    if not inside:
+        raise BundleError(f"bundle file reference {rel!r} escapes the bundle folder")
     return full
 
 
@@ -198,6 +203,16 @@ def save_bundle(
         validate_meta(meta)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
     return load_bundle(out_dir)
+
+
+def record_metrics(path: str | os.PathLike, key: str, metrics: dict) -> None:
+    """Store ``metrics`` under ``metrics[key]`` in a verified bundle's model.json, atomically.
+    (Metrics are not part of any file hash, so the bundle stays valid.)"""
+    b = load_bundle(path)
+    meta = dict(b.meta)
+    meta["metrics"] = {**meta.get("metrics", {}), key: metrics}
+    validate_meta(meta)
+    atomic.write_text(b.root / "model.json", json.dumps(meta, indent=2) + "\n")
 
 
 def default_bundle_path(pytorch: bool = False) -> Path:

@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except FerEdgeError as e:
         print(f"fer-edge {name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system said no: a missing or unwritable folder, a full disk
+        where = f": {e.filename}" if e.filename else ""
+        print(f"fer-edge {name}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fer-edge {name}: interrupted", file=sys.stderr)
         return 130

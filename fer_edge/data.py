@@ -25,17 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import imagesize
 import numpy as np
 
 from . import atomic
 from .errors import DatasetError, InputError
 from .labels import FER2013_CSV_ORDER, FER_LABELS, canonical
-from .preprocess import PreprocessSpec, resize_face
+from .preprocess import MAX_SIDE, PreprocessSpec, resize_face
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 SPLITS = ("train", "val", "test")
 KAGGLE_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 MAX_IMAGE_BYTES = 64 << 20  # a face image larger than this is not a face image
+# Pixels an image may declare in its header (67 MP, about 200 MB as BGR). A few hundred KB of PNG
+# can declare 20000 x 20000 pixels and take minutes and gigabytes to decode.
+MAX_IMAGE_PIXELS = 1 << 26
 CACHE_VERSION = 1
 
 
@@ -106,10 +110,24 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
 # ---------------------------------------------------------------------------- decoding
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """Decode an image file to uint8 gray/BGR/BGRA, or None if it cannot be read."""
+def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the image file's header, without decoding; None if unknown."""
     try:
-        if os.path.getsize(path) > MAX_IMAGE_BYTES:
+        w, h = imagesize.get(path)
+    except Exception:  # a malformed header: leave the verdict to the decoder
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """Decode an image file to uint8 gray/BGR/BGRA, or None if it cannot be read or its header
+    declares more than :data:`MAX_IMAGE_PIXELS` pixels or a side over ``MAX_SIDE``."""
+    try:
+        # Regular files only: opening a FIFO or a device named x.jpg would block or never end.
+        if not os.path.isfile(path) or os.path.getsize(path) > MAX_IMAGE_BYTES:
+            return None
+        size = declared_size(path)
+        if size is not None and (max(size) > MAX_SIDE or size[0] * size[1] > MAX_IMAGE_PIXELS):
             return None
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError:
@@ -265,7 +283,10 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
             if usage is not None and (row.get("Usage") or "").strip() != usage:
                 continue
             try:
-                name = FER2013_CSV_ORDER[int(row["emotion"])]
+                code = int(row["emotion"])
+                if not 0 <= code < len(FER2013_CSV_ORDER):
+                    raise ValueError(f"emotion code {code} out of range")
+                name = FER2013_CSV_ORDER[code]
                 pixels = np.array(row["pixels"].split(), dtype=np.int64)
                 side = int(round(np.sqrt(pixels.size)))
                 if (
@@ -344,6 +365,16 @@ def _read_plain_folder(root: Path, label_names, spec, use_cache, progress) -> Fa
     return _from_files(items, spec, label_names, str(root), {}, use_cache, progress)
 
 
+def _read_csv(path: Path, split, label_names, spec, use_cache, progress) -> FaceDataset:
+    with open(path, newline="", encoding="utf-8") as f:
+        header = {c.strip().lower() for c in next(csv.reader(f), [])}
+    if {"emotion", "pixels"} <= header:
+        return _read_kaggle_csv(path, split, label_names, spec)
+    if split is not None:
+        raise DatasetError(f"{path}: a label list has no splits; drop split={split!r}")
+    return _read_label_list(path, label_names, spec, use_cache, progress)
+
+
 def load_dataset(
     path: str | os.PathLike,
     split: str | None = None,
@@ -364,13 +395,10 @@ def load_dataset(
             raise DatasetError(
                 f"{root} is a file but not a .csv (Kaggle fer2013.csv or a label list)"
             )
-        with open(root, newline="", encoding="utf-8") as f:
-            header = {c.strip().lower() for c in next(csv.reader(f), [])}
-        if {"emotion", "pixels"} <= header:
-            return _read_kaggle_csv(root, split, label_names, spec)
-        if split is not None:
-            raise DatasetError(f"{root}: a label list has no splits; drop split={split!r}")
-        return _read_label_list(root, label_names, spec, cache, progress)
+        try:
+            return _read_csv(root, split, label_names, spec, cache, progress)
+        except (UnicodeDecodeError, csv.Error) as e:  # binary junk, a field over csv's limit
+            raise DatasetError(f"{root} is not a readable UTF-8 CSV file: {e}") from None
     subdirs = {p.name for p in root.iterdir() if p.is_dir()}
     if split is not None:
         if split not in subdirs:

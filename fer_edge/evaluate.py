@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--confusion", help="write the confusion matrix as a PNG here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="store accuracy, macro-F1 and n under metrics.<split> in the bundle's model.json",
+    )
 
 
 def load_scorer(
@@ -96,6 +101,8 @@ def evaluate(
     batch_size: int = 256,
     tta: bool = False,
 ) -> dict:
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     scorer, labels, spec, backend_used = load_scorer(model, backend, threads, tta)
     ds = load_dataset(data, split, labels=labels, spec=spec)
     if len(ds) == 0:
@@ -154,6 +161,12 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta,
     )
+    if args.record:
+        if not bundle_io.resolve(args.model).is_dir():
+            raise InputError("--record needs MODEL to be a bundle folder")
+        summary = {k: report[k] for k in ("accuracy", "macro_f1", "macro_roc_auc", "n")}
+        summary["data"] = Path(args.data).name + (f"/{args.split}" if args.split else "")
+        bundle_io.record_metrics(bundle_io.resolve(args.model), args.split or "eval", summary)
     if args.confusion:
         title = f"{Path(str(args.model)).name} on {args.split or Path(args.data).name}: acc {report['accuracy']:.3f}"
         plot_confusion(report["confusion"], report["labels"], args.confusion, title)

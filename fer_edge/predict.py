@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from .recognizer import Recognizer
     from .stream import stream
 
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be at least 1")
     kind = source_kind(args.path)
     if kind == "camera":
         raise InputError("predict reads files; for a camera use examples/webcam.py")

@@ -7,11 +7,18 @@
 >>> rec.classify([crop1, crop2])            # face crops, no detection
 
 All faces of a frame are classified in one batch.
+
+Threads: a Recognizer that does not track may be shared by any number of threads (results are
+the same as sequential calls; the runtimes serialise what is not thread-safe). A tracking
+Recognizer follows the faces of one stream: calling it from two threads at once, or running two
+streams through it at once, raises :class:`~fer_edge.errors.InputError`. Use one per stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -112,6 +119,8 @@ class Recognizer:
         self.tracker = IouTracker(smoothing=smoothing) if track else None
         self.align = align
         self.max_faces = max_faces
+        self._tracking_call = threading.Lock()  # held while a tracking call runs
+        self._session = threading.Lock()  # held while a stream owns the tracker
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -125,6 +134,23 @@ class Recognizer:
     def set_tracking(self, on: bool) -> None:
         """Turn tracking on (with a fresh tracker) or off."""
         self.tracker = IouTracker(smoothing=self.smoothing) if on else None
+
+    @contextlib.contextmanager
+    def tracking_session(self, on: bool):
+        """Own this Recognizer for one stream: tracking ``on`` (a fresh tracker) or off inside,
+        the previous setting restored after. A second session while one is open raises
+        InputError: two streams would mix their faces in one tracker."""
+        if not self._session.acquire(blocking=False):
+            raise InputError(
+                "this Recognizer is already running a stream; use one Recognizer per stream"
+            )
+        previous = self.tracker
+        try:
+            self.set_tracking(on)
+            yield self
+        finally:
+            self.tracker = previous
+            self._session.release()
 
     # The stages, public so that benchmarks and custom pipelines can time or replace each.
 
@@ -183,6 +209,19 @@ class Recognizer:
         """Detect and classify every face in a gray, BGR or BGRA frame (uint8, or float in
         [0, 1] or [0, 255]). Returns an empty list when there is no face."""
         img = as_uint8_image(frame, "frame")
+        if self.tracker is None:
+            return self._detect_and_classify(img)
+        if not self._tracking_call.acquire(blocking=False):
+            raise InputError(
+                "this Recognizer tracks the faces of one stream and is busy with a frame in "
+                "another thread; use one Recognizer per thread, or turn tracking off"
+            )
+        try:
+            return self._detect_and_classify(img)
+        finally:
+            self._tracking_call.release()
+
+    def _detect_and_classify(self, img: np.ndarray) -> list[FaceResult]:
         dets = self.detect(img)
         probs, va = self.infer(self.crops(img, dets))
         return self._results([d.box for d in dets], probs, va, dets)

@@ -7,18 +7,28 @@ so that inference never waits on the capture device.
 ...     print(frame.index, [f.label for f in faces])
 
 For a camera only the newest frame is kept (old ones are dropped when inference is slower than
-the camera); files are read completely, in order. A camera that fails to open or stops
-delivering frames is reopened ``reconnect`` times before :class:`~fer_edge.errors.InputError`
-says so.
+the camera); files are read completely, in order.
+
+A camera is watched, because kiosks and robots run unattended for weeks:
+- empty frames are skipped and counted (``empty_frames``);
+- a camera that fails to open, fails a read, or gives no usable frame for ``stall_timeout``
+  seconds is reopened, waiting ``retry_delay`` seconds, doubling up to ``max_retry_delay``,
+  for up to ``reconnect`` attempts; a frame resets the count, so the stream resumes;
+- a read that blocks for ``stall_timeout`` seconds (a hung driver) is abandoned and the camera
+  opened afresh on a new capture thread;
+- each event is counted (``reconnects``, ``stalls``) and logged as a warning on the
+  ``fer_edge.stream`` logger; only a camera that stays gone ends the stream, with an
+  :class:`~fer_edge.errors.InputError` that says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +40,7 @@ from .errors import InputError
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}
 _END = object()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,12 @@ def source_kind(source: int | str | os.PathLike) -> str:
 class FrameSource:
     """Iterate frames of ``source`` (camera index, video, image, or folder of images).
 
-    ``drop``: keep only the newest frame (default for cameras); ``reconnect``: attempts to reopen
-    a camera; ``retry_delay``: seconds between them; ``max_frames``: stop after this many.
+    ``drop``: keep only the newest frame (default for cameras); ``max_frames``: stop after this
+    many. Cameras only: ``reconnect``: attempts to reopen a lost camera; ``retry_delay``: the
+    first wait between them, doubled each time up to ``max_retry_delay``; ``stall_timeout``:
+    seconds without a usable frame (or stuck in a read) before the camera is reopened;
+    ``capture_factory``: makes the capture object from the camera index (default
+    ``cv2.VideoCapture``; anything with ``isOpened()``, ``read()`` and ``release()``).
     """
 
     def __init__(
@@ -76,16 +91,32 @@ class FrameSource:
         reconnect: int = 3,
         retry_delay: float = 1.0,
         max_frames: int | None = None,
+        stall_timeout: float = 5.0,
+        max_retry_delay: float = 8.0,
+        capture_factory: Callable[[int], object] | None = None,
     ):
         self.kind = source_kind(source)
         self.source = int(source) if self.kind == "camera" else Path(source)
         self.drop = self.kind == "camera" if drop is None else drop
+        if reconnect < 0 or retry_delay < 0 or max_retry_delay < retry_delay or stall_timeout <= 0:
+            raise InputError(
+                "need reconnect >= 0, 0 <= retry_delay <= max_retry_delay and stall_timeout > 0"
+            )
         self.reconnect, self.retry_delay, self.max_frames = reconnect, retry_delay, max_frames
+        self.max_retry_delay, self.stall_timeout = max_retry_delay, stall_timeout
+        self._capture = capture_factory or cv2.VideoCapture
         self.dropped = 0  # frames discarded because inference was behind the camera
         self.unreadable: list[str] = []  # image files in a folder that could not be decoded
+        self.empty_frames = 0  # camera reads that gave no image
+        self.reconnects = 0  # times a lost or stalled camera was reopened
+        self.stalls = 0  # reads abandoned after blocking for stall_timeout
+        self._stalls_in_a_row = 0
         self._queue: queue.Queue = queue.Queue(maxsize=1 if self.drop else 8)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._generation = 0  # bumped when a stalled capture thread is abandoned
+        self._heartbeat = time.monotonic()  # last time the capture thread made progress
+        self._count = 0  # frames delivered so far (the next frame's index)
         self._t0 = time.monotonic()
         if self.kind == "video":
             self._check_video()
@@ -107,6 +138,7 @@ class FrameSource:
     def _put(self, item: object) -> bool:
         """Queue an item; False once the consumer has closed the source."""
         while not self._stop.is_set():
+            self._heartbeat = time.monotonic()  # waiting on a slow consumer is not a stall
             if self.drop and isinstance(item, Frame):
                 try:
                     self._queue.get_nowait()
@@ -120,7 +152,7 @@ class FrameSource:
                 continue
         return False
 
-    def _frames(self) -> Iterator[tuple[np.ndarray, str]]:
+    def _frames(self, generation: int) -> Iterator[tuple[np.ndarray, str]]:
         if self.kind == "image":
             img = read_image(self.source)
             if img is None:
@@ -147,46 +179,69 @@ class FrameSource:
             finally:
                 cap.release()
         else:
-            yield from self._camera()
+            yield from self._camera(generation)
 
-    def _open_camera(self) -> cv2.VideoCapture | None:
-        for attempt in range(self.reconnect + 1):
-            if self._stop.is_set():
-                return None
-            cap = cv2.VideoCapture(self.source)
-            if cap.isOpened():
-                return cap
-            cap.release()
-            if attempt < self.reconnect:
-                time.sleep(self.retry_delay)
-        return None
+    def _current(self, generation: int) -> bool:
+        return not self._stop.is_set() and generation == self._generation
 
-    def _camera(self) -> Iterator[tuple[np.ndarray, str]]:
-        opened_once = False
-        while not self._stop.is_set():
-            cap = self._open_camera()
-            if cap is None:
-                what = "was lost and could not be reopened" if opened_once else "cannot be opened"
-                raise InputError(
-                    f"camera {self.source} {what} after {self.reconnect + 1} attempts "
-                    "(is a camera connected, and not in use by another program?)"
-                )
-            opened_once = True
+    def _camera(self, generation: int) -> Iterator[tuple[np.ndarray, str]]:
+        """Frames of the camera, reopening it after a failed open or read, or when it gives
+        only empty frames for ``stall_timeout``; waits back off exponentially, and a good frame
+        resets them. Ends with InputError after ``reconnect + 1`` failures in a row."""
+        failures, delay = 0, self.retry_delay
+        opened = generation > 0  # a new capture thread after a stall: the camera was seen
+        while self._current(generation):
+            if failures:
+                if failures > self.reconnect:
+                    what = "was lost and could not be reopened" if opened else "cannot be opened"
+                    raise InputError(
+                        f"camera {self.source} {what} after {failures} attempts "
+                        "(is a camera connected, and not in use by another program?)"
+                    )
+                log.warning("camera %s: no frames; reopening in %.2f s", self.source, delay)
+                self._heartbeat = time.monotonic() + delay  # waiting is progress, not a stall
+                self._stop.wait(delay)
+                delay = min(2 * delay, self.max_retry_delay)
+                if not self._current(generation):
+                    return
+            self._heartbeat = time.monotonic()
+            cap = self._capture(self.source)
+            self._heartbeat = time.monotonic()
+            if not cap.isOpened():
+                cap.release()
+                failures += 1
+                continue
+            if opened:
+                self.reconnects += 1
+            opened = True
             try:
-                while not self._stop.is_set():
+                last_good = time.monotonic()
+                while self._current(generation):
                     ok, img = cap.read()
-                    if not ok or img is None:
-                        break  # lost: reopen
+                    self._heartbeat = now = time.monotonic()
+                    if not ok:
+                        break  # lost
+                    if img is None or getattr(img, "size", 0) == 0:
+                        self.empty_frames += 1
+                        if now - last_good > self.stall_timeout:
+                            break  # only empty frames: treat as lost
+                        continue
+                    last_good, failures, delay = now, 0, self.retry_delay
                     yield img, self.name
             finally:
                 cap.release()
+            failures += 1
 
-    def _run(self) -> None:
+    def _run(self, generation: int = 0) -> None:
         try:
-            for i, (img, name) in enumerate(self._frames()):
-                if self.max_frames is not None and i >= self.max_frames:
+            for img, name in self._frames(generation):
+                if not self._current(generation):
+                    return  # abandoned after a stall: a newer capture thread delivers frames
+                if self.max_frames is not None and self._count >= self.max_frames:
                     break
-                if not self._put(Frame(img, i, name, time.monotonic() - self._t0)):
+                frame = Frame(img, self._count, name, time.monotonic() - self._t0)
+                self._count += 1
+                if not self._put(frame):
                     return
         except InputError as e:
             self._put(e)
@@ -196,20 +251,51 @@ class FrameSource:
             return
         self._put(_END)
 
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(self._generation,), name="fer-edge-capture", daemon=True
+        )
+        self._thread.start()
+
+    def _on_timeout(self) -> None:
+        """No frame for ``stall_timeout``: if the capture thread is stuck in a call (a read or
+        open that does not return), abandon it and open the camera on a new thread."""
+        if time.monotonic() - self._heartbeat < self.stall_timeout:
+            return  # the capture thread is alive: reconnecting, or the camera is just slow
+        self.stalls += 1
+        self._stalls_in_a_row += 1
+        if self._stalls_in_a_row > self.reconnect:
+            raise InputError(
+                f"camera {self.source} stalled: no frame for {self.stall_timeout:g} s, "
+                f"{self._stalls_in_a_row} times in a row"
+            )
+        log.warning(
+            "camera %s stalled (no frame for %.1f s); reopening it", self.source, self.stall_timeout
+        )
+        self._generation += 1
+        self._heartbeat = time.monotonic()
+        self._start()
+
     # Consumer side.
 
     def __iter__(self) -> Iterator[Frame]:
         if self._thread is not None:
             raise InputError("a FrameSource can be iterated once; open a new one")
-        self._thread = threading.Thread(target=self._run, name="fer-edge-capture", daemon=True)
-        self._thread.start()
+        self._start()
+        # Files end or fail on their own; only a camera can hang without either.
+        timeout = self.stall_timeout if self.kind == "camera" else None
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    self._on_timeout()
+                    continue
                 if item is _END:
                     return
                 if isinstance(item, Exception):
                     raise item
+                self._stalls_in_a_row = 0
                 yield item
         finally:
             self.close()
@@ -241,11 +327,6 @@ def stream(
     src = source if isinstance(source, FrameSource) else FrameSource(source, **source_options)
     if track is None:
         track = src.kind in ("camera", "video")
-    previous = recognizer.tracker
-    recognizer.set_tracking(track)
-    try:
-        with src:
-            for frame in src:
-                yield frame, recognizer(frame.image)
-    finally:
-        recognizer.tracker = previous
+    with recognizer.tracking_session(track), src:
+        for frame in src:
+            yield frame, recognizer(frame.image)

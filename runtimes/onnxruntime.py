@@ -38,7 +38,9 @@ class OnnxRuntime(Runtime):
         spec = bundle.preprocess
         want, got = (spec.channels, spec.size, spec.size), tuple(inputs[0].shape or ())[1:]
         # Symbolic (str) or unknown dims accept anything; fixed ones must match the preprocessing.
-        if len(got) != 3 or any(isinstance(g, int) and g > 0 and g != w for g, w in zip(got, want)):
+        if len(got) != 3 or any(
+            isinstance(g, int) and g > 0 and g != w for g, w in zip(got, want, strict=True)
+        ):
             raise RuntimeBackendError(
                 f"{bundle.graph.name}: input shape {inputs[0].shape} does not match the bundle's "
                 f"preprocess (N x {want[0]} x {want[1]} x {want[2]})"

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -107,6 +108,17 @@ class Run:
     out: Path
     config: dict
     history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Fail now, not after the first epoch: the folder must exist and take files.
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.out):
+                pass
+        except OSError as e:
+            raise InputError(
+                f"cannot write to the run folder {self.out}: {e.strerror or e}"
+            ) from None
 
     @property
     def last(self) -> Path:

@@ -93,14 +93,20 @@ def _limit(ds: FaceDataset, per_class: int | None) -> FaceDataset:
     return ds.subset(np.sort(keep))
 
 
+def _first_line(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not a readable UTF-8 CSV file: {e}") from None
+
+
 def load_train_val(
     args: argparse.Namespace, spec: PreprocessSpec
 ) -> tuple[FaceDataset, FaceDataset]:
     data = Path(args.data)
     has_splits = data.is_dir() and (data / args.train_split).is_dir()
-    is_kaggle_csv = (
-        data.suffix.lower() == ".csv" and "pixels" in data.open(encoding="utf-8").readline()
-    )
+    is_kaggle_csv = data.suffix.lower() == ".csv" and "pixels" in _first_line(data)
     split = args.train_split if (has_splits or is_kaggle_csv) else None
     train = load_dataset(data, split, spec=spec, progress=not args.no_progress)
     if args.val_data:
@@ -150,6 +156,8 @@ def evaluate_split(model, ds: FaceDataset, spec, device) -> dict:
 def fit(args: argparse.Namespace) -> Path:
     """Train as ``args`` says; returns the path of the best-epoch bundle."""
     t_start = time.time()
+    if args.epochs < 1 or args.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be at least 1")
     engine.set_threads(args.threads)
     device = engine.pick_device(args.device)
     spec = PreprocessSpec(size=args.size, channels=args.channels)
