@@ -217,6 +217,9 @@ def run_epochs(
     for epoch in range(start_epoch, epochs):
         batches = steps(epoch)
         g = epoch_generator(seed, epoch)
+        # Dropout and other global-RNG users draw from a stream that is also a function of
+        # (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+        torch.manual_seed(seed * 1_000_033 + epoch)
         bar = Progress(len(batches), f"epoch {epoch + 1}/{epochs}", progress)
         sums: dict[str, float] = {}
         t0 = time.time()
