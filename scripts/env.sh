@@ -14,7 +14,12 @@ STAMP="$VENV/.fer-edge-$(echo "$EXTRAS" | tr ',' '-')"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "installing fer-edge[$EXTRAS] into $VENV (first run takes a few minutes)" >&2
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]"
+  LOG="$VENV/pip-install.log"
+  if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    echo "pip install failed (log above, also in $LOG)" >&2
+    exit 1
+  fi
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
