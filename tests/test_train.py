@@ -78,6 +78,7 @@ def test_resume_after_kill_loses_no_epoch_and_matches_uninterrupted(small_fer_di
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
     assert (killed / "curves.png").stat().st_size > 1000
+    assert not list(killed.glob(".*.tmp")), "temporary files of interrupted writes were left behind"
     assert (killed / "best" / "model.json").exists()
 
 

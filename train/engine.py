@@ -131,6 +131,9 @@ class Run:
                     f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
                 )
             return None
+        # Temporary files of atomic writes that a kill interrupted: never read, safe to drop.
+        for stray in self.out.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
         if not self.last.exists():
             return None
         state = load_checkpoint(self.last, require=("epoch", "model", "optimizer", "config"))
