@@ -5,12 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support, one-vs-rest ROC-AUC and the
     confusion matrix (rows: true, columns: predicted) for class-score matrix ``scores``."""
