@@ -20,7 +20,7 @@ from fer_edge.errors import InputError
 from fer_edge.train.nets import ARCHS, build
 
 from . import finetune
-from .models import load_model, model_cost, save_model_bundle
+from .models import load_model, model_cost
 
 MAX_STUDENT_PARAMS = 1_500_000
 
@@ -112,11 +112,7 @@ def distill(args: argparse.Namespace):
             feat = 1 - F.cosine_similarity(proj(s_feat), t_feat, dim=1).mean()
             loss = loss + args.feat_weight * feat
             parts["feat_loss"] = float(feat.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": float(loss.item()), **parts}
+        return {"loss": ft.update(loss, opt, sched), **parts}
 
     def state(epoch: int) -> dict:
         return {
@@ -141,12 +137,7 @@ def distill(args: argparse.Namespace):
         "teacher_val": {"accuracy": teacher_val["val_accuracy"]},
         **cost,
     }
-    b = save_model_bundle(
-        ft.out / "bundle",
-        state(args.epochs - 1),
-        metrics=metrics,
-        source={"config": ft.config, "torch": torch.__version__},
-    )
+    b = ft.save_bundle(state(args.epochs - 1), metrics)
     print(
         f"student {args.student}: {cost['params']:,} params, {cost['macs']:,} MACs, val accuracy "
         f"{val['val_accuracy']:.4f} (teacher {teacher_val['val_accuracy']:.4f}) -> {b.root}",

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import torch
 
+from fer_edge.bundle import Bundle
 from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
 from fer_edge.train.augment import supervised_augment
 from fer_edge.train.supervised import evaluate_split, load_train_val
+
+from .models import save_model_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: str) -> None:
@@ -93,6 +96,26 @@ class Finetune:
         """Augmented, normalised inputs and labels of one batch."""
         idx = idx.to(self.device)
         return self.augment(self.images[idx], g), self.labels[idx]
+
+    @staticmethod
+    def update(
+        loss: torch.Tensor, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler
+    ) -> float:
+        """One optimiser and schedule step on ``loss``; returns its value."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.item())
+
+    def save_bundle(self, state: dict, metrics: dict) -> Bundle:
+        """The run's result as ``OUT/bundle``, with its configuration as the source."""
+        return save_model_bundle(
+            self.out / "bundle",
+            state,
+            metrics=metrics,
+            source={"config": self.config, "torch": torch.__version__},
+        )
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         return evaluate_split(model, self.val, self.spec, self.device)

@@ -18,7 +18,7 @@ import torch
 from fer_edge.errors import InputError
 
 from . import finetune
-from .models import load_model, model_cost, model_from_any_state, save_model_bundle, structure_of
+from .models import load_model, model_cost, model_from_any_state, structure_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,11 +116,7 @@ def prune(args: argparse.Namespace):
         model.train()
         x, y = ft.batch(idx, g)
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": float(loss.item())}
+        return {"loss": ft.update(loss, opt, sched)}
 
     def state(epoch: int) -> dict:
         return {
@@ -147,12 +143,7 @@ def prune(args: argparse.Namespace):
         "after": after,
         **after,
     }
-    b = save_model_bundle(
-        ft.out / "bundle",
-        state(args.epochs - 1),
-        metrics=metrics,
-        source={"config": ft.config, "torch": torch.__version__},
-    )
+    b = ft.save_bundle(state(args.epochs - 1), metrics)
     print(
         f"pruned: params {before['params']:,} -> {after['params']:,}, MACs {before['macs']:,} -> "
         f"{after['macs']:,}, val accuracy {val['val_accuracy']:.4f} -> {b.root}",

@@ -26,7 +26,7 @@ from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train.predictor import predict_logits
 
 from . import finetune
-from .models import inference_state, load_model, model_cost, model_from_any_state, save_model_bundle
+from .models import inference_state, load_model, model_cost, model_from_any_state
 
 CALIBRATION_FACES = 512
 
@@ -171,11 +171,7 @@ def qat(args: argparse.Namespace):
         move_exported_model_to_train(prepared)
         x, y = ft.batch(idx, g)
         loss = torch.nn.functional.cross_entropy(prepared(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return {"loss": float(loss.item())}
+        return {"loss": ft.update(loss, opt, sched)}
 
     def evaluate(epoch: int) -> dict:
         return ft.evaluate(convert(prepared))
@@ -202,12 +198,7 @@ def qat(args: argparse.Namespace):
         "val_ptq_int8": {"accuracy": ptq_val},
         **model_cost(float_model, spec),
     }
-    b = save_model_bundle(
-        ft.out / "bundle",
-        state(args.epochs - 1),
-        metrics=metrics,
-        source={"config": ft.config, "torch": torch.__version__},
-    )
+    b = ft.save_bundle(state(args.epochs - 1), metrics)
     print(
         f"val accuracy: fp32 {fp32_val:.4f}, PTQ int8 {ptq_val:.4f}, QAT int8 {qat_val:.4f} -> {b.root}",
         file=sys.stderr,
