@@ -65,6 +65,22 @@ class Runtime(ABC):
             )
 
 
+class GraphRuntime(Runtime):
+    """A runtime around a callable ``graph`` (float32 in, outputs out) whose input is NCHW, or
+    NHWC when ``_nhwc`` is set; subclasses load the graph and choose the layout."""
+
+    graph: object
+    _nhwc: bool = False
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self._check_batch(batch)
+        if len(x) == 0:
+            return np.zeros((0, self.num_outputs), np.float32)
+        if self._nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return self.graph(x)[0].reshape(len(x), -1)
+
+
 def _installed(imports: tuple[str, ...]) -> bool:
     return any(importlib.util.find_spec(m) is not None for m in imports)
 

@@ -15,7 +15,7 @@ import numpy as np
 from fer_edge.bundle import Bundle
 from fer_edge.errors import RuntimeBackendError
 
-from .base import Runtime
+from .base import GraphRuntime
 
 
 def _openvino():
@@ -118,7 +118,7 @@ class OpenVinoGraph:
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-class OpenVinoRuntime(Runtime):
+class OpenVinoRuntime(GraphRuntime):
     name = "openvino"
 
     def __init__(self, bundle: Bundle, num_threads: int | None = None):
@@ -141,14 +141,6 @@ class OpenVinoRuntime(Runtime):
                 f"bundle's preprocess ({spec.channels} x {spec.size} x {spec.size})"
             )
         self._check_num_classes(self.graph.output_shapes[0][-1])
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = self._check_batch(batch)
-        if len(x) == 0:
-            return np.zeros((0, self.num_outputs), np.float32)
-        if self._nhwc:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return self.graph(x)[0].reshape(len(x), -1)
 
 
 def load(bundle: Bundle, num_threads: int | None = None) -> OpenVinoRuntime:

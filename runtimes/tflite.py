@@ -18,7 +18,7 @@ import numpy as np
 from fer_edge.bundle import Bundle
 from fer_edge.errors import RuntimeBackendError
 
-from .base import Runtime
+from .base import GraphRuntime
 
 
 def interpreter_class() -> type:
@@ -139,7 +139,7 @@ class TfliteGraph:
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-class TfliteRuntime(Runtime):
+class TfliteRuntime(GraphRuntime):
     name = "tflite"
 
     def __init__(self, bundle: Bundle, num_threads: int | None = None):
@@ -161,14 +161,6 @@ class TfliteRuntime(Runtime):
                 f"({spec.channels} x {spec.size} x {spec.size})"
             )
         self._check_num_classes(self.graph.output_shapes[0][-1])
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = self._check_batch(batch)
-        if len(x) == 0:
-            return np.zeros((0, self.num_outputs), np.float32)
-        if self._nhwc:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return self.graph(x)[0].reshape(len(x), -1)
 
 
 def load(bundle: Bundle, num_threads: int | None = None) -> TfliteRuntime:
