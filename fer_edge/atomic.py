@@ -41,6 +41,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.filename is not None and Path(e.filename) != tmp:
+            raise
+        # Name the artifact, not our temporary file (OSError picks the subclass from errno).
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
 

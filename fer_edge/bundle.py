@@ -215,18 +215,41 @@ def record_metrics(path: str | os.PathLike, key: str, metrics: dict) -> None:
     atomic.write_text(b.root / "model.json", json.dumps(meta, indent=2) + "\n")
 
 
-def default_bundle_path(pytorch: bool = False) -> Path:
-    """The bundle shipped inside the package; ``pytorch=True`` gives the PyTorch weights it was
-    exported from (what training, compression and export start from)."""
-    return Path(
-        str(resources.files("fer_edge") / "models" / ("default_pytorch" if pytorch else "default"))
-    )
+# The shipped defaults: INT8 for TFLite and OpenVINO, FP32 ONNX for installs with neither.
+DEFAULT_BY_BACKEND = {
+    "tflite": "default_tflite",
+    "openvino": "default_openvino",
+    "onnxruntime": "default",
+}
 
 
-def resolve(model: str | os.PathLike, pytorch: bool = False) -> Path:
-    """Map ``default`` or a path to a bundle folder path (not yet loaded)."""
+def default_bundle_path(pytorch: bool = False, backend: str = "auto") -> Path:
+    """The bundle shipped inside the package for ``backend`` (``auto``: the first installed
+    backend, in the runtimes' preference order, that has one); ``pytorch=True`` gives the
+    PyTorch teacher the defaults were distilled from (what training and compression start
+    from)."""
+    models = Path(str(resources.files("fer_edge") / "models"))
+    if pytorch:
+        return models / "default_pytorch"
+    if backend == "auto":
+        from .runtimes import AUTO_ORDER, available_backends
+
+        installed = set(available_backends())
+        candidates = [b for b in AUTO_ORDER if b in installed]
+    else:
+        candidates = [backend]
+    for name in candidates:
+        p = models / DEFAULT_BY_BACKEND.get(name, "default")
+        if (p / "model.json").is_file():
+            return p
+    return models / "default"
+
+
+def resolve(model: str | os.PathLike, pytorch: bool = False, backend: str = "auto") -> Path:
+    """Map ``default`` (the shipped bundle ``backend`` runs best) or a path to a bundle folder
+    path (not yet loaded)."""
     if str(model) == "default":
-        p = default_bundle_path(pytorch)
+        p = default_bundle_path(pytorch, backend)
         if not (p / "model.json").is_file():
             raise BundleError(f"this fer-edge installation ships no {p.name} model bundle")
         return p

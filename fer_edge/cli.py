@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fer_edge.compress.export",
         "export to ONNX, TFLite or OpenVINO with a parity check",
     ),
+    "pipeline": (
+        "fer_edge.train.pipeline",
+        "the whole recipe: pretrain, teacher, distil, prune, QAT, export, report",
+    ),
 }
 
 

@@ -58,7 +58,7 @@ def load_scorer(
     model: str, backend: str, threads: int | None, tta: bool
 ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str]:
     """Return (uint8 faces -> logits, labels, preprocess spec, description) for any MODEL."""
-    path = bundle_io.resolve(model)
+    path = bundle_io.resolve(model, backend=backend)
     is_torch = path.suffix == ".pt" or (
         path.is_dir() and bundle_io.load_bundle(path).format == "pytorch"
     )

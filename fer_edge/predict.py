@@ -62,6 +62,7 @@ class _Annotator:
         self.out, self.kind, self.fps = out, kind, fps
         self._writer = None
         self._tmp: Path | None = None
+        self._frames = 0
         if kind == "video":
             ext = out.suffix.lower()
             if ext not in VIDEO_CODECS:
@@ -82,6 +83,7 @@ class _Annotator:
                 if not self._writer.isOpened():
                     raise InputError(f"OpenCV cannot write the video {self.out}")
             self._writer.write(image)
+            self._frames += 1
             return
         dest = self.out if self.kind == "image" else self.out / (Path(name).stem + ".png")
         ok, buf = cv2.imencode(dest.suffix or ".png", image)
@@ -89,11 +91,27 @@ class _Annotator:
             raise InputError(f"cannot encode {dest}")
         atomic.write_bytes(dest, buf.tobytes())
 
+    def _check_video(self) -> None:
+        """OpenCV's writer reports no failed write (a full disk, a quota), so read back what it
+        wrote rather than publish a cut-off video."""
+        cap = cv2.VideoCapture(str(self._tmp))
+        try:
+            written = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        finally:
+            cap.release()
+        if written < self._frames:
+            self._tmp.unlink(missing_ok=True)
+            raise OSError(
+                f"writing the video failed after {written} of {self._frames} frames "
+                "(is the disk full?)"
+            )
+
     def close(self, success: bool) -> None:
         if self._writer is not None:
             self._writer.release()
         if self._tmp is not None:
             if success and self._writer is not None:
+                self._check_video()
                 os.replace(self._tmp, self.out)
             else:
                 self._tmp.unlink(missing_ok=True)

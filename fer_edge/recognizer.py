@@ -112,7 +112,9 @@ class Recognizer:
             raise InputError(f"num_threads must be a positive integer or None, got {num_threads!r}")
         if max_faces < 1:
             raise InputError(f"max_faces must be >= 1, got {max_faces}")
-        self.bundle = model if isinstance(model, Bundle) else load_bundle(resolve(model))
+        self.bundle = (
+            model if isinstance(model, Bundle) else load_bundle(resolve(model, backend=backend))
+        )
         self.runtime = load_runtime(self.bundle, backend, num_threads)
         self.detector = None if detector is None else load_detector(detector, num_threads)
         self.smoothing = smoothing

@@ -203,3 +203,32 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
         load_model(bad)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_mobilenetv3_student_prunes_and_quantises(small_fer_dir):
+    """The MobileNetV3 student (hardswish, squeeze-excitation) through DepGraph pruning and the
+    PT2E INT8 flow, on real faces; the QAT row above covers the plain-conv students."""
+    from fer_edge.compress.models import model_from_any_state, structure_of
+
+    spec = PreprocessSpec()
+    model = build("mobilenetv3_small_075").eval()
+    before = count_params(model)
+    example = torch.zeros(1, 1, spec.size, spec.size)
+    prune.prune_step(model, 0.3, example, round_to=4)
+    assert count_params(model) < 0.75 * before
+    state = {
+        "model": model.state_dict(),
+        "structure": structure_of(model),
+        "arch": "mobilenetv3_small_075",
+        "num_classes": len(FER_LABELS),
+        "in_channels": 1,
+    }
+    reloaded = model_from_any_state(state)
+    faces = load_dataset(small_fer_dir, "val").images[:32]
+    np.testing.assert_allclose(
+        predict_logits(reloaded, faces, spec), predict_logits(model, faces, spec), atol=1e-5
+    )
+    int8 = qat.ptq(model, faces, spec)
+    logits, ref = predict_logits(int8, faces, spec), predict_logits(model, faces, spec)
+    assert logits.shape == (32, len(FER_LABELS)) and np.isfinite(logits).all()
+    assert np.abs(logits - ref).max() < 0.5 * np.abs(ref).max() + 0.1  # a quantised twin

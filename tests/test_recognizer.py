@@ -154,7 +154,8 @@ def test_bad_arguments_raise_typed_errors(bundle, tmp_path, monkeypatch):
     with pytest.raises(FerEdgeError):
         Recognizer(bundle, backend="tensorrt")
     monkeypatch.setattr(
-        "fer_edge.bundle.default_bundle_path", lambda pytorch=False: tmp_path / "default"
+        "fer_edge.bundle.default_bundle_path",
+        lambda pytorch=False, backend="auto": tmp_path / "default",
     )
     with pytest.raises(BundleError, match="ships no default model"):
         Recognizer("default")
@@ -195,3 +196,21 @@ def test_import_is_fast_and_torch_free():
         for _ in range(3)
     ]
     assert min(times) < 0.5, times
+
+
+def test_default_is_the_shipped_bundle_the_backend_runs_best(tmp_path, monkeypatch):
+    import shutil
+
+    from fer_edge import bundle as bundle_io
+
+    models = tmp_path / "models"
+    for fmt, name in (("onnx", "default"), ("tflite", "default_tflite")):
+        shutil.copytree(make_bundle(tmp_path / "src", fmt).root, models / name)
+    monkeypatch.setattr(bundle_io.resources, "files", lambda package: tmp_path)
+    assert bundle_io.resolve("default", backend="onnxruntime") == models / "default"
+    assert bundle_io.resolve("default", backend="tflite") == models / "default_tflite"
+    # no OpenVINO bundle shipped: OpenVINO runs the ONNX one
+    assert bundle_io.resolve("default", backend="openvino") == models / "default"
+    assert bundle_io.resolve("default") == models / "default_tflite"  # auto: TFLite first
+    assert Recognizer("default", backend="onnxruntime", detector=None).bundle.format == "onnx"
+    assert Recognizer("default", detector=None).bundle.format == "tflite"

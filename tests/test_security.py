@@ -99,9 +99,13 @@ def test_verify_accepts_sound_and_rejects_tampered_bundles(onnx_bundle, capsys):
 
 
 def test_default_bundles_verify(capsys):
-    assert main(["verify", "default"]) == 0
-    from fer_edge.bundle import default_bundle_path, load_bundle
+    from fer_edge.bundle import DEFAULT_BY_BACKEND, default_bundle_path, load_bundle
 
+    assert main(["verify", "default"]) == 0
+    root = default_bundle_path(pytorch=True).parent
+    for name in {*DEFAULT_BY_BACKEND.values(), "default_pytorch"}:
+        if (root / name).exists():
+            assert main(["verify", str(root / name)]) == 0, name
     assert load_bundle(default_bundle_path(pytorch=True)).format == "pytorch"
 
 

