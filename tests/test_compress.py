@@ -51,16 +51,15 @@ def teacher(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def student(teacher, small_fer_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("distill") / "run"
-    argv = [
+def _distill_argv(teacher, data, out) -> list[str]:
+    """The one-epoch distillation run the student fixture makes (and a test re-runs)."""
+    return [
         "--teacher",
         str(teacher),
         "--student",
         "compact_cnn",
         "--data",
-        str(small_fer_dir),
+        str(data),
         "--epochs",
         "1",
         "--feat-weight",
@@ -69,7 +68,12 @@ def student(teacher, small_fer_dir, tmp_path_factory):
         str(out),
         *QUICK,
     ]
-    return distill.distill(_parse(distill, argv)).root
+
+
+@pytest.fixture(scope="module")
+def student(teacher, small_fer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "run"
+    return distill.distill(_parse(distill, _distill_argv(teacher, small_fer_dir, out))).root
 
 
 @pytest.mark.parametrize("arch", ["compact_cnn", "compact_cnn_wide", "mobilenetv3_small_075"])
@@ -95,21 +99,7 @@ def test_distill_writes_loadable_student(student, teacher, small_fer_dir):
     faces = load_dataset(small_fer_dir, "val").images[:5]
     assert predict_logits(model, faces, spec).shape == (5, 7) and labels == FER_LABELS
     # A finished run resumes to the same bundle; an existing run is not overwritten by accident.
-    argv = [
-        "--teacher",
-        str(teacher),
-        "--student",
-        "compact_cnn",
-        "--data",
-        str(small_fer_dir),
-        "--epochs",
-        "1",
-        "--feat-weight",
-        "0.5",
-        "--out",
-        str(b.root.parent),
-        *QUICK,
-    ]
+    argv = _distill_argv(teacher, small_fer_dir, b.root.parent)
     with pytest.raises(InputError, match="--resume"):
         distill.distill(_parse(distill, argv))
     again = distill.distill(_parse(distill, [*argv, "--resume"]))

@@ -24,6 +24,7 @@ import torch
 
 from fer_edge import atomic
 from fer_edge.errors import CheckpointError, InputError
+from fer_edge.plots import pyplot, save
 
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -73,10 +74,7 @@ def warmup_cosine(
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
     """One panel per metric family (losses, accuracies), epochs on x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = sorted(
         {k for h in history for k, v in h.items() if k != "epoch" and isinstance(v, int | float)}
@@ -96,9 +94,15 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch records a run folder's ``metrics.jsonl`` holds ([] when it has none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass

