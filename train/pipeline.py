@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from fer_edge import atomic
 from fer_edge.errors import InputError
 
@@ -62,8 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_config(path: str | Path, data: str | None = None, out: str | None = None) -> dict:
     """The recipe as a dict, checked: known sections, each stage a mapping of options."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe {str(path)!r} does not exist")
