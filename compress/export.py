@@ -24,7 +24,7 @@ from fer_edge import bundle as bundle_io
 from fer_edge.errors import InputError
 from fer_edge.preprocess import normalize
 from fer_edge.runtimes import load_runtime
-from fer_edge.train.predictor import git_commit, predict_logits
+from fer_edge.train.predictor import git_commit, predict_logits, va_meta
 
 from . import parity
 from .models import LoadedModel, load_model
@@ -160,6 +160,7 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
             "precision": precision,
             "arch": lm.state.get("arch"),
             **converted["model"],
+            **va_meta(lm.state),
         }
         stage = bundle_io.save_bundle(
             tmp / "stage",

@@ -14,13 +14,16 @@ from .errors import FerEdgeError
 
 # name -> (module, one-line help). Training and compression modules need the [train] extra.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("fer_edge.train.supervised", "supervised training of a FER classifier"),
+    "train": (
+        "fer_edge.train.supervised",
+        "supervised training: cross-entropy, noisy labels (mim-spl), valence-arousal (avce)",
+    ),
     "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
     "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),
     "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
     "pretrain": (
         "fer_edge.train.pretrain",
-        "self-supervised pretraining (MoCo v2, SimCLR, BYOL, FRA)",
+        "self-supervised pretraining (MoCo v2, SimCLR, BYOL, FRA, HNCL, Shu et al.)",
     ),
     "probe": (
         "fer_edge.train.probe",

@@ -5,8 +5,17 @@ Layouts read by :func:`load_dataset`:
 - a class-folder root: ``root/<class>/*``,
 - a plain image folder (no labels, for self-supervised pretraining): ``root/*.jpg``,
 - the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``; ``split`` picks the Usage),
-- a label list CSV: ``path,label`` with optional ``valence,arousal`` columns; paths are
-  relative to the CSV's folder.
+- a label list CSV: a path and a label column with optional ``valence,arousal`` columns (see
+  :data:`LIST_COLUMNS` for the accepted names, e.g. AffectNet's
+  ``subDirectory_filePath,...,expression,valence,arousal``); paths are relative to the CSV's
+  folder. A label is a class name or an index into the model's labels (alphabetical:
+  angry, disgust, fear, happy, neutral, sad, surprise; not AffectNet's numeric codes). In a list
+  with valence/arousal columns, a row whose label is empty or negative is kept unlabelled
+  (label -1) for its valence/arousal; an empty valence or arousal cell is unknown (NaN).
+- clips (video frames, for temporal self-supervision): ``root/clips.csv`` with columns
+  ``clip,identity`` (optional ``label``), one row per clip; ``clip`` is the folder of the clip's
+  frames relative to ``root``, ``identity`` names the person in it. Frames are the folder's
+  images in time order (numeric file names by value, others by name).
 
 Class names are matched to the model's labels through :mod:`fer_edge.labels` aliases; classes the
 model does not know are skipped and counted by name. Unreadable images are skipped and counted.
@@ -41,6 +50,14 @@ MAX_IMAGE_BYTES = 64 << 20  # a face image larger than this is not a face image
 # can declare 20000 x 20000 pixels and take minutes and gigabytes to decode.
 MAX_IMAGE_PIXELS = 1 << 26
 CACHE_VERSION = 1
+# Label-list column names (any case; the first present wins): AffectNet calls the path
+# ``subDirectory_filePath`` and the class ``expression``.
+LIST_COLUMNS = {
+    "path": ("path", "file", "filename", "filepath", "image", "subdirectory_filepath"),
+    "label": ("label", "expression", "emotion", "class"),
+    "valence": ("valence",),
+    "arousal": ("arousal",),
+}
 
 
 @dataclass
@@ -49,6 +66,8 @@ class FaceDataset:
 
     ``images``: uint8 (N, S, S, C); ``labels``: int64 (N,), -1 where unlabelled;
     ``valence``/``arousal``: float32 (N,) with NaN where unknown, or None.
+    ``clip``/``frame``/``identity``: int64 (N,) for clip datasets (clip number, position in time
+    within the clip, person number), else None.
     """
 
     images: np.ndarray
@@ -60,6 +79,9 @@ class FaceDataset:
     n_unreadable: int = 0
     valence: np.ndarray | None = None
     arousal: np.ndarray | None = None
+    clip: np.ndarray | None = None
+    frame: np.ndarray | None = None
+    identity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -81,6 +103,9 @@ class FaceDataset:
             n_unreadable=self.n_unreadable,
             valence=pick(self.valence),
             arousal=pick(self.arousal),
+            clip=pick(self.clip),
+            frame=pick(self.frame),
+            identity=pick(self.identity),
         )
 
     def summary(self) -> str:
@@ -319,39 +344,59 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
     )
 
 
+def _list_columns(path: Path, fieldnames) -> dict[str, str]:
+    """Role (path, label, valence, arousal) -> the lower-cased column that holds it."""
+    cols = {c.strip().lower() for c in (fieldnames or []) if c}
+    found = {}
+    for role, names in LIST_COLUMNS.items():
+        hit = next((n for n in names if n in cols), None)
+        if hit is not None:
+            found[role] = hit
+    if not {"path", "label"} <= found.keys():
+        raise DatasetError(
+            f"{path}: a label list needs a path column ({', '.join(LIST_COLUMNS['path'])}) and a "
+            f"label column ({', '.join(LIST_COLUMNS['label'])}); it has {sorted(cols)}"
+        )
+    if ("valence" in found) != ("arousal" in found):
+        raise DatasetError(
+            f"{path}: a label list needs both 'valence' and 'arousal' columns or none"
+        )
+    return found
+
+
 def _read_label_list(path: Path, label_names, spec, use_cache, progress) -> FaceDataset:
     items, skipped, bad = [], {}, 0
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        cols = {c.strip().lower() for c in (reader.fieldnames or [])}
-        if not {"path", "label"} <= cols:
-            raise DatasetError(
-                f"{path}: a label list needs 'path' and 'label' columns, has {sorted(cols)}"
-            )
-        has_va = {"valence", "arousal"} <= cols
+        col = _list_columns(path, reader.fieldnames)
+        has_va = "valence" in col
         for row in reader:
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            raw = row["label"]
-            if raw.lstrip("-").isdigit():
+            try:
+                v = float(row[col["valence"]]) if has_va and row.get(col["valence"]) else np.nan
+                a = float(row[col["arousal"]]) if has_va and row.get(col["arousal"]) else np.nan
+            except ValueError:
+                bad += 1
+                continue
+            raw = row.get(col["label"], "")
+            unlabelled = raw == "" or (raw.startswith("-") and raw[1:].isdigit())
+            if unlabelled and has_va and not (np.isnan(v) and np.isnan(a)):
+                y = -1  # no class, but valence/arousal to learn from
+            elif raw.lstrip("-").isdigit():
                 i = int(raw)
-                name = label_names[i] if 0 <= i < len(label_names) else None
-                if name is None:
+                if not 0 <= i < len(label_names):
                     skipped[raw] = skipped.get(raw, 0) + 1
                     continue
+                y = i
             else:
                 name = _match_label(raw, label_names)
                 if name is None:
                     skipped[raw] = skipped.get(raw, 0) + 1
                     continue
-            p = Path(row["path"])
+                y = label_names.index(name)
+            p = Path(row.get(col["path"], ""))
             p = p if p.is_absolute() else path.parent / p
-            try:
-                v = float(row["valence"]) if has_va and row.get("valence") else np.nan
-                a = float(row["arousal"]) if has_va and row.get("arousal") else np.nan
-            except ValueError:
-                bad += 1
-                continue
-            items.append((str(p), label_names.index(name), v, a))
+            items.append((str(p), y, v, a))
     if not items:
         raise DatasetError(f"{path}: no rows with a known label")
     ds = _from_files(items, spec, label_names, str(path), skipped, use_cache, progress, has_va)
@@ -363,6 +408,46 @@ def _read_plain_folder(root: Path, label_names, spec, use_cache, progress) -> Fa
     files = _list_images(root)
     items = [(str(f), -1, np.nan, np.nan) for f in files]
     return _from_files(items, spec, label_names, str(root), {}, use_cache, progress)
+
+
+def _frame_order(path: Path) -> tuple:
+    return (0, int(path.stem), path.name) if path.stem.isdigit() else (1, 0, path.name)
+
+
+def _read_clip_folders(root: Path, label_names, spec, use_cache, progress) -> FaceDataset:
+    listing = root / "clips.csv"
+    with open(listing, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower() for c in (reader.fieldnames or []) if c}
+        if not {"clip", "identity"} <= cols:
+            raise DatasetError(f"{listing} needs 'clip' and 'identity' columns, has {sorted(cols)}")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    items, clip, frame, person, people, seen = [], [], [], [], {}, []
+    for line, row in enumerate(rows, start=2):
+        folder = (root / row["clip"]).resolve()
+        where = f"{listing} line {line}"
+        if not row["clip"] or not row["identity"]:
+            raise DatasetError(f"{where}: empty clip or identity")
+        if folder in seen:
+            raise DatasetError(f"{where}: clip {row['clip']!r} is listed twice")
+        if not folder.is_relative_to(root.resolve()) or not folder.is_dir():
+            raise DatasetError(f"{where}: clip folder {row['clip']!r} is not a folder in {root}")
+        frames = sorted(_list_images(folder), key=_frame_order)
+        if not frames:
+            raise DatasetError(f"{where}: clip folder {row['clip']!r} holds no images")
+        name = _match_label(row["label"], label_names) if row.get("label") else None
+        y = -1 if name is None else label_names.index(name)
+        items += [(str(p), y, np.nan, np.nan) for p in frames]
+        clip += [len(seen)] * len(frames)
+        frame += range(len(frames))
+        person += [people.setdefault(row["identity"], len(people))] * len(frames)
+        seen.append(folder)
+    if not items:
+        raise DatasetError(f"{listing} lists no clips")
+    ds = _from_files(items, spec, label_names, str(root), {}, use_cache, progress)
+    decoded = np.isin([it[0] for it in items], ds.paths)  # unreadable frames were dropped
+    ds.clip, ds.frame, ds.identity = (np.array(a, np.int64)[decoded] for a in (clip, frame, person))
+    return ds
 
 
 def _read_csv(path: Path, split, label_names, spec, use_cache, progress) -> FaceDataset:
@@ -399,6 +484,10 @@ def load_dataset(
             return _read_csv(root, split, label_names, spec, cache, progress)
         except (UnicodeDecodeError, csv.Error) as e:  # binary junk, a field over csv's limit
             raise DatasetError(f"{root} is not a readable UTF-8 CSV file: {e}") from None
+    if (root / "clips.csv").is_file():
+        if split is not None:
+            raise DatasetError(f"{root} holds clips (clips.csv), not splits; drop split={split!r}")
+        return _read_clip_folders(root, label_names, spec, cache, progress)
     subdirs = {p.name for p in root.iterdir() if p.is_dir()}
     if split is not None:
         if split not in subdirs:

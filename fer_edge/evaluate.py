@@ -2,7 +2,10 @@
 
 Dataset images are treated as face crops, as FER datasets are. MODEL is a bundle folder (any
 format), a training checkpoint (.pt) or ``default``. Reports accuracy, macro-F1, per-class
-precision/recall/F1 and one-vs-rest ROC-AUC, and the confusion matrix (optionally as a PNG).
+precision/recall/F1 and one-vs-rest ROC-AUC, and the confusion matrix (optionally as a PNG), over
+the faces with a class label. For a model that also predicts valence and arousal (K + 2 outputs,
+e.g. from ``fer-edge train --method avce``) on data with valence/arousal columns, it adds RMSE,
+SAGR and CCC per axis and the mean CCC (``valence_arousal``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from . import bundle as bundle_io
 from .data import load_dataset
 from .errors import InputError
-from .metrics import classification_report, plot_confusion
+from .metrics import VA_AXES, classification_report, plot_confusion, va_report
 from .preprocess import PreprocessSpec, normalize
 
 
@@ -112,7 +115,13 @@ def evaluate(
         [scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]
     )
     seconds = time.time() - t0
-    report = classification_report(ds.labels, logits, labels)
+    k = len(labels)
+    labelled = ds.labels >= 0  # label lists may hold faces with valence/arousal only
+    report = classification_report(ds.labels[labelled], logits[labelled, :k], labels)
+    if logits.shape[1] == k + 2 and ds.valence is not None:
+        va = va_report(np.stack([ds.valence, ds.arousal], axis=1), logits[:, k:])
+        if va["n"] > 1:
+            report["valence_arousal"] = va
     report.update(
         model=str(model),
         data=str(data),
@@ -126,11 +135,25 @@ def evaluate(
     return report
 
 
+def _va_lines(va: dict) -> list[str]:
+    lines = [f"valence/arousal on {va['n']} faces: mean CCC = {va['ccc']:.4f}"]
+    for axis in VA_AXES:
+        m = va[axis]
+        lines.append(f"{axis:<10} RMSE {m['rmse']:.4f}   SAGR {m['sagr']:.4f}   CCC {m['ccc']:.4f}")
+    return lines
+
+
 def _table(r: dict) -> str:
+    title = f"model {r['model']} ({r['backend']}) on {r['data']}" + (
+        f" [{r['split']}]" if r["split"] else ""
+    )
+    va = _va_lines(r["valence_arousal"]) if "valence_arousal" in r else []
+    if r["n"] == 0:
+        return "\n".join([title, *va])
     lines = [
-        f"model {r['model']} ({r['backend']}) on {r['data']}"
-        + (f" [{r['split']}]" if r["split"] else ""),
+        title,
         f"n = {r['n']}   accuracy = {r['accuracy']:.4f}   macro-F1 = {r['macro_f1']:.4f}"
+        f"   macro precision = {r['macro_precision']:.4f}   macro recall = {r['macro_recall']:.4f}"
         + (
             f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else ""
         ),
@@ -148,7 +171,7 @@ def _table(r: dict) -> str:
         )
     if r["n_unreadable"]:
         lines.append(f"skipped {r['n_unreadable']} unreadable images")
-    return "\n".join(lines)
+    return "\n".join(lines + va)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         if not bundle_io.resolve(args.model).is_dir():
             raise InputError("--record needs MODEL to be a bundle folder")
         summary = {k: report[k] for k in ("accuracy", "macro_f1", "macro_roc_auc", "n")}
+        if "valence_arousal" in report:
+            summary["valence_arousal"] = report["valence_arousal"]
         summary["data"] = Path(args.data).name + (f"/{args.split}" if args.split else "")
         bundle_io.record_metrics(bundle_io.resolve(args.model), args.split or "eval", summary)
     if args.confusion:

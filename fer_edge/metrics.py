@@ -8,8 +8,9 @@ from .plots import pyplot, save
 
 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support, one-vs-rest ROC-AUC and the
-    confusion matrix (rows: true, columns: predicted) for class-score matrix ``scores``."""
+    """Accuracy, macro F1/precision/recall, per-class precision/recall/F1/support, one-vs-rest
+    ROC-AUC (per class and macro) and the confusion matrix (rows: true, columns: predicted) for
+    class-score matrix ``scores``."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     k = len(labels)
@@ -36,6 +37,8 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, labels: tuple[
         # macro over the classes present in the data, so a subset without a class is not
         # penalised for it
         "macro_f1": float(f[present].mean()) if present.any() else 0.0,
+        "macro_precision": float(p[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(r[present].mean()) if present.any() else 0.0,
         "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
         "per_class": per_class,
         "confusion": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
@@ -89,3 +92,24 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def sagr(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Sign agreement: the fraction of predictions on the same side of zero as the truth."""
     return float(np.mean(np.sign(y_true) == np.sign(y_pred)))
+
+
+VA_AXES = ("valence", "arousal")
+
+
+def va_report(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """RMSE, SAGR and CCC per axis and the mean CCC of (N, 2) valence/arousal arrays, over the
+    rows whose truth has both values (NaN marks unknown). Predictions are clipped to [-1, 1] as
+    the Recognizer reports them."""
+    truth = np.asarray(truth, np.float64)
+    known = np.isfinite(truth).all(axis=1)
+    truth, pred = truth[known], np.clip(np.asarray(pred, np.float64)[known], -1, 1)
+    out: dict = {"n": int(known.sum())}
+    for i, axis in enumerate(VA_AXES):
+        out[axis] = {
+            "rmse": rmse(truth[:, i], pred[:, i]),
+            "sagr": sagr(truth[:, i], pred[:, i]),
+            "ccc": ccc(truth[:, i], pred[:, i]),
+        }
+    out["ccc"] = float(np.mean([out[a]["ccc"] for a in VA_AXES]))
+    return out

@@ -85,6 +85,27 @@ def _installed(imports: tuple[str, ...]) -> bool:
     return any(importlib.util.find_spec(m) is not None for m in imports)
 
 
+def open_tflite_graph(path, what: str, backend: str = "auto", num_threads: int | None = None):
+    """A raw ``.tflite`` graph (a detector's or landmarker's, not a bundle) on the tflite or the
+    openvino backend; ``what`` names the model in errors. Returns a callable: NHWC float32 ->
+    list of output arrays."""
+    if backend == "auto":
+        backend = next((n for n in ("tflite", "openvino") if _installed(BACKENDS[n][1])), None)
+        if backend is None:
+            raise RuntimeBackendError(
+                f"the {what} needs the tflite or openvino backend (pip install 'fer-edge[tflite]')"
+            )
+    if backend == "tflite":
+        from .tflite import TfliteGraph
+
+        return TfliteGraph(path, num_threads)
+    if backend == "openvino":
+        from .openvino import OpenVinoGraph
+
+        return OpenVinoGraph(path, num_threads)
+    raise RuntimeBackendError(f"the {what} runs on the tflite or openvino backend, not {backend!r}")
+
+
 def available_backends() -> list[str]:
     return [name for name, (_, imports, _) in BACKENDS.items() if _installed(imports)]
 

@@ -140,6 +140,6 @@ def test_missing_and_wrong_paths(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DatasetError, match="not a .csv"):
         load_dataset(tmp_path / "x.txt")
-    (tmp_path / "l.csv").write_text("file,emotion\n")
-    with pytest.raises(DatasetError, match="'path' and 'label'"):
+    (tmp_path / "l.csv").write_text("name,category\n")
+    with pytest.raises(DatasetError, match="needs a path column"):
         load_dataset(tmp_path / "l.csv")

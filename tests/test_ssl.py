@@ -151,11 +151,27 @@ def test_help_lists_every_method(capsys):
     assert set(methods.METHODS) >= {"moco", "simclr", "byol", "fra"}
 
 
+def test_a_queue_spanning_the_dataset_is_warned_about(small_fer_dir, tmp_path, capsys):
+    pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "big", "moco", "--epochs", "1"))
+    assert "the queue (4096 keys) is not smaller than the dataset (160 faces)" in (
+        capsys.readouterr().err
+    )
+    pretrain.fit(
+        pretrain_args(small_fer_dir, tmp_path / "ok", "moco", "--epochs", "1", *EXTRA["moco"])
+    )
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_bad_input_is_refused(small_fer_dir, tmp_path, capsys):
     with pytest.raises(InputError, match="no setting 'nope'"):
         methods.config("byol", {"nope": "1"})
     with pytest.raises(InputError, match="wants a int"):
         methods.config("moco", {"queue": "big"})
+    # booleans from the command line: "false" must not become True
+    assert methods.settings("m", {"flag": True}, {}, {"flag": "false"}) == {"flag": False}
+    assert methods.settings("m", {"flag": False}, {}, {"flag": "yes"}) == {"flag": True}
+    with pytest.raises(InputError, match="wants a bool"):
+        methods.settings("m", {"flag": False}, {}, {"flag": "maybe"})
     with pytest.raises(InputError, match="region heatmaps"):
         pretrain.fit(
             pretrain_args(small_fer_dir, tmp_path / "a", "byol", "--heatmaps", str(tmp_path / "h"))

@@ -143,10 +143,15 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         load_checkpoint(empty)
+    # random bytes, and random bytes behind a pickle header (torch's legacy loader then unpickles
+    # garbage and fails in many ways: IndexError, KeyError, struct errors ...)
+    rng = np.random.default_rng(0)
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(os.urandom(2048))
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        load_checkpoint(junk)
+    for i in range(200):
+        payload = rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes()
+        junk.write_bytes((b"\x80\x02" if i % 2 else b"") + payload)
+        with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+            load_checkpoint(junk)
 
     class Evil:
         def __reduce__(self):

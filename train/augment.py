@@ -78,12 +78,16 @@ class FaceAugment:
         return theta
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """uint8 (N, S, S, C) on any device -> augmented, normalised float (N, C, S, S)."""
+        """uint8 (N, S, S, C) on any device -> augmented, normalised float (N, C, S, S).
+
+        Channels past the spec's (a landmark heatmap stacked on the face) get the same warp as
+        the face but no photometric change, and come back scaled to [0, 1]."""
         n, dev = images.shape[0], images.device
         x = images.permute(0, 3, 1, 2).float() / 255.0
         theta = self._theta(n, g).to(dev)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        x, extra = x[:, : self.spec.channels], x[:, self.spec.channels :]
         per = lambda t: t.to(dev).view(n, 1, 1, 1)  # noqa: E731
         if self.brightness:
             x = x * per(self._uniform(n, 1 - self.brightness, 1 + self.brightness, g))
@@ -99,7 +103,8 @@ class FaceAugment:
             x = self._erase(x, g)
         x = x.clamp(0, 1)
         scale, offset = _affine_tensors(self.spec, dev)
-        return x * (255.0 * scale) + offset
+        x = x * (255.0 * scale) + offset
+        return torch.cat([x, extra], dim=1) if extra.shape[1] else x
 
     def _blur(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, c = x.shape[:2]

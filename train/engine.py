@@ -165,7 +165,18 @@ class Run:
 
 
 # Changing these between a run and its resume would silently train a different model.
-RESUME_MUST_MATCH = ("arch", "method", "batch_size", "epochs", "seed", "size", "channels", "data")
+RESUME_MUST_MATCH = (
+    "arch",
+    "method",
+    "method_config",
+    "label_noise",
+    "batch_size",
+    "epochs",
+    "seed",
+    "size",
+    "channels",
+    "data",
+)
 
 
 class Progress:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_edge import atomic
 from fer_edge.data import cache_dir
-from fer_edge.detect.blazeface import _open_graph
+from fer_edge.runtimes.base import open_tflite_graph
 
 MODEL = Path(__file__).resolve().parent / "assets" / "face_landmark.tflite"
 NUM_LANDMARKS = 468
@@ -38,7 +38,7 @@ class FaceLandmarker:
     (x, y) and a face-presence score (N,) in [0, 1]."""
 
     def __init__(self, backend: str = "auto", num_threads: int | None = None):
-        self.graph = _open_graph(MODEL, backend, num_threads)
+        self.graph = open_tflite_graph(MODEL, "face landmark model", backend, num_threads)
 
     def _inputs(self, faces: np.ndarray) -> np.ndarray:
         n, h, w = faces.shape[:3]

@@ -77,6 +77,16 @@ def predict_logits(
     return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
 
+def has_valence_arousal(state: dict) -> bool:
+    """Whether a model state's head emits valence and arousal after its class logits."""
+    return int(state["num_classes"]) == len(state["labels"]) + 2
+
+
+def va_meta(state: dict) -> dict:
+    """The model.json ``model`` field that tells runtimes about the two extra outputs."""
+    return {"valence_arousal": True} if has_valence_arousal(state) else {}
+
+
 def inference_state(state: dict) -> dict:
     """The part of a training checkpoint a deployed model needs (no optimizer, no history)."""
     return {k: state[k] for k in MODEL_STATE_KEYS}
@@ -109,7 +119,13 @@ def save_pytorch_bundle(
         {"model.pt": buf.getvalue()},
         labels=state["labels"],
         preprocess=PreprocessSpec.from_dict(state["preprocess"]),
-        model={"format": "pytorch", "file": "model.pt", "precision": "fp32", "arch": state["arch"]},
+        model={
+            "format": "pytorch",
+            "file": "model.pt",
+            "precision": "fp32",
+            "arch": state["arch"],
+            **va_meta(state),
+        },
         source={"commit": git_commit(), **source},
         metrics=metrics,
     )

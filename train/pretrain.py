@@ -94,16 +94,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def parse_settings(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set wants KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def load_faces(args: argparse.Namespace, spec: PreprocessSpec, progress: bool) -> FaceDataset:
     data = Path(args.data)
     split = None
@@ -144,7 +134,7 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
     ctx = distributed.init(engine.pick_device(args.device))
     device, log = ctx.device, (print if ctx.is_main else lambda *a, **k: None)
     module = methods.get(args.method)
-    cfg = methods.config(args.method, parse_settings(args.set))
+    cfg = methods.config(args.method, methods.parse_settings(args.set))
     chosen = {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay}
     optim = {**module.OPTIM, **{k: v for k, v in chosen.items() if v is not None}}
     if args.batch_size % ctx.world_size:
@@ -184,6 +174,14 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
         raise DatasetError(
             f"{len(faces)} faces is fewer than one batch of {args.batch_size}; lower --batch-size"
         )
+    if cfg.get("queue", 0) >= len(faces):
+        # every face's own key from the previous epoch then sits in the queue as a negative
+        log(
+            f"warning: the queue ({cfg['queue']} keys) is not smaller than the dataset "
+            f"({len(faces)} faces), so faces meet their own older keys as negatives; "
+            f"use --set queue=N with N well below {len(faces)}",
+            file=sys.stderr,
+        )
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = (
@@ -212,18 +210,29 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
         start_epoch = int(resume_state["epoch"]) + 1
         log(f"resumed {args.out} after epoch {start_epoch}", file=sys.stderr)
 
-    images = torch.from_numpy(faces.images).to(device)  # uint8 on the device, augmented there
+    views = module.prepare(faces, cfg, spec) if hasattr(module, "prepare") else methods.Views()
+    source = faces.images if views.images is None else views.images
+    images = torch.from_numpy(source).to(device)  # uint8 on the device, augmented there
+    images2 = images if views.images2 is None else torch.from_numpy(views.images2).to(device)
+    per_sample = {k: v.to(device) for k, v in views.per_sample.items()}
     augment = ssl_augment(spec)
     amp = not args.no_amp
     done = {"steps": start_epoch * steps_per_epoch}
 
+    def channels_last(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         model.train()
-        batch = images[distributed.shard(idx, ctx).to(device)]
-        x1 = augment(batch, g).contiguous(memory_format=torch.channels_last)
-        x2 = augment(batch, g).contiguous(memory_format=torch.channels_last)
+        idx = distributed.shard(idx, ctx)
+        idx2 = idx if views.partner is None else views.partner(idx, g)
+        x1 = channels_last(augment(images[idx.to(device)], g))
+        x2 = channels_last(augment(images2[idx2.to(device)], g))
+        rows = {k: v[idx.to(device)] for k, v in per_sample.items()}
+        if views.extra is not None:
+            rows["extra"] = channels_last(augment(images[views.extra(idx, g).to(device)], g))
         with engine.autocast(device, amp):
-            out = trained(x1, x2)
+            out = trained(x1, x2, **rows)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -245,7 +254,7 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
             "model": model.state_dict(),
             "backbone": model.backbone.state_dict(),
             "arch": args.arch,
-            "in_channels": args.channels,
+            "in_channels": int(images.shape[3]),  # more than preprocess's with a heatmap channel
             "preprocess": spec.to_dict(),
             "method": args.method,
             "method_config": cfg,

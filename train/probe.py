@@ -92,6 +92,7 @@ def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
         missing = [k for k in ("arch", "in_channels", "preprocess") if k not in state]
         if missing:
             raise CheckpointError(f"{p} has backbone weights but lacks {', '.join(missing)}")
+        supervised.refuse_extra_input_channels(state, p)
         model = build(state["arch"], len(FER_LABELS), int(state["in_channels"]))
         try:
             model.backbone.load_state_dict(state["backbone"])
@@ -213,20 +214,25 @@ def _row(
         "protocol": protocol, "fraction": fraction, "train_faces": int(n_train), "selected": selected,
         "val_accuracy": v["accuracy"], "val_macro_f1": v["macro_f1"],
         "test_accuracy": t["accuracy"], "test_macro_f1": t["macro_f1"],
+        "test_macro_precision": t["macro_precision"], "test_macro_recall": t["macro_recall"],
+        "test_macro_roc_auc": t["macro_roc_auc"],
     }  # fmt: skip
 
 
 def markdown(results: dict) -> str:
     lines = [
         f"Encoder: `{results['encoder']}`, data: `{results['data']}`\n",
-        "| protocol | labels | train faces | selected on val | val acc | test acc | test macro-F1 |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| protocol | labels | train faces | selected on val | val acc | test acc | test macro-F1 "
+        "| test macro precision | test macro recall | test macro ROC-AUC |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         sel = ", ".join(f"{k}={v}" for k, v in r["selected"].items()) or "-"
+        auc = "-" if r["test_macro_roc_auc"] is None else f"{r['test_macro_roc_auc']:.4f}"
         lines.append(
             f"| {r['protocol']} | {r['fraction']:.0%} | {r['train_faces']} | {sel} | "
-            f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} |"
+            f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} | "
+            f"{r['test_macro_precision']:.4f} | {r['test_macro_recall']:.4f} | {auc} |"
         )
     return "\n".join(lines) + "\n"
 

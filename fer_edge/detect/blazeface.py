@@ -12,7 +12,6 @@ Variants:
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, RuntimeBackendError
+from ..runtimes.base import open_tflite_graph
 from .base import Detection, FaceDetector, iou_matrix
 
 
@@ -92,29 +92,6 @@ def weighted_nms(
     return kept
 
 
-def _open_graph(path: Path, backend: str, num_threads: int | None):
-    if backend == "auto":
-        has = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
-        if has("ai_edge_litert") or has("tflite_runtime"):
-            backend = "tflite"
-        elif has("openvino"):
-            backend = "openvino"
-        else:
-            raise RuntimeBackendError(
-                "the BlazeFace detector needs the tflite or openvino backend "
-                "(pip install 'fer-edge[tflite]'); or use detector='haar'"
-            )
-    if backend == "tflite":
-        from ..runtimes.tflite import TfliteGraph
-
-        return TfliteGraph(path, num_threads)
-    if backend == "openvino":
-        from ..runtimes.openvino import OpenVinoGraph
-
-        return OpenVinoGraph(path, num_threads)
-    raise RuntimeBackendError(f"BlazeFace runs on the tflite or openvino backend, not {backend!r}")
-
-
 class BlazeFace(FaceDetector):
     """BlazeFace detector. ``min_score``: detection threshold on the sigmoid score (None: the
     variant's default, see :data:`VARIANTS`);
@@ -147,7 +124,12 @@ class BlazeFace(FaceDetector):
             raise InputError(f"tiles must be in [1, 8], got {tiles}")
         self.tiles = int(tiles)
         self.antialias = bool(antialias)
-        self.graph = _open_graph(asset_path(self.variant.file), backend, num_threads)
+        try:
+            self.graph = open_tflite_graph(
+                asset_path(self.variant.file), "BlazeFace detector", backend, num_threads
+            )
+        except RuntimeBackendError as e:
+            raise RuntimeBackendError(f"{e}; or use detector='haar'") from None
         v = self.variant
         self.anchors = ssd_anchors(v.size, v.strides, v.interpolated) * v.size
         shapes = self.graph.output_shapes

@@ -7,16 +7,49 @@ and ``Model(arch, in_channels, cfg)``: an ``nn.Module`` with ``backbone`` (the o
 key-compatible with ``FaceNet.backbone``), ``forward(view1, view2) -> {"loss": ..., parts}`` and
 ``momentum_update(progress)`` called after every optimizer step with the fraction of training
 done. ``VARIANTS`` may name further methods that are the module with other defaults.
+
+A method whose views are more than two augmentations of one face also defines
+``prepare(faces, cfg, spec) -> Views``, run once on the dataset before training: it may give view
+2 another source (a face swap of each face, a nearby frame of a clip), extra images per sample
+(hard negatives), and per-sample tensors (landmark heatmaps, descriptors) whose batch rows reach
+``forward`` as keyword arguments.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
+
+import numpy as np
+import torch
 
 from fer_edge.errors import InputError
 
-MODULES = ("moco", "simclr", "byol", "fra")
+
+@dataclass
+class Views:
+    """Where a method's views come from (see the module docstring); the default is two
+    augmentations of the same face and nothing else."""
+
+    # uint8 (N, H, W, C) aligned with the dataset: view 2 of face i is augmented from images2[i]
+    images2: np.ndarray | None = None
+    # uint8 (N, H, W, C + extra) replacing the dataset's faces as the source of both views (and
+    # of images2's default): channels past the preprocessing's (a landmark heatmap) get the same
+    # geometric augmentation as the face, no photometric one; the encoder takes C + extra channels
+    images: np.ndarray | None = None
+    # batch indices, generator -> rows of images2 (default: the dataset) that view 2 is drawn
+    # from (temporal positives; a face or its face swap)
+    partner: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # batch indices, generator -> dataset indices of extra faces, augmented and passed to
+    # forward as ``extra`` (hard negatives)
+    extra: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # name -> (N, ...) tensor; forward(x1, x2, name=tensor[batch]) for each
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+MODULES = ("moco", "simclr", "byol", "fra", "hncl", "shu")
 
 
 def _variants() -> dict[str, tuple[ModuleType, dict]]:
@@ -38,20 +71,44 @@ def get(name: str) -> ModuleType:
     return METHODS[name][0]
 
 
+def parse_settings(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set wants KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def config(name: str, overrides: dict[str, str] | None = None) -> dict:
     """The method's hyperparameters: defaults, then the variant's, then ``overrides`` (strings
     from the command line, converted to the default's type)."""
-    module, variant = get(name), METHODS[name][1]
-    cfg = {**module.DEFAULTS, **variant}
+    return settings(name, get(name).DEFAULTS, METHODS[name][1], overrides)
+
+
+def settings(
+    name: str, defaults: dict, variant: dict, overrides: dict[str, str] | None = None
+) -> dict:
+    """``defaults``, then ``variant``, then the command line's ``overrides`` (converted to the
+    default's type); unknown keys and unconvertible values are refused naming the method."""
+    cfg = {**defaults, **variant}
     for key, raw in (overrides or {}).items():
         if key not in cfg:
             raise InputError(f"{name} has no setting {key!r}; it has {', '.join(sorted(cfg))}")
-        kind = type(module.DEFAULTS[key])
+        kind = type(defaults[key])
         try:
-            cfg[key] = kind(raw)
+            cfg[key] = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError:
             raise InputError(f"{name} setting {key} wants a {kind.__name__}, got {raw!r}") from None
     return cfg
+
+
+def _parse_bool(raw: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    if raw.strip().lower() not in words:
+        raise ValueError(raw)
+    return words[raw.strip().lower()]
 
 
 def build(name: str, arch: str, in_channels: int, cfg: dict):
@@ -63,11 +120,11 @@ def describe() -> str:
     lines = []
     for name, (module, variant) in METHODS.items():
         cfg = {**module.DEFAULTS, **variant}
-        settings = " ".join(f"{k}={v}" for k, v in cfg.items())
+        listed = " ".join(f"{k}={v}" for k, v in cfg.items())
         title = (
             module.HELP
             if not variant
             else f"{module.HELP} ({', '.join(f'{k}={v}' for k, v in variant.items())})"
         )
-        lines.append(f"  {name:<8} {title}\n           settings: {settings}")
+        lines.append(f"  {name:<8} {title}\n           settings: {listed}")
     return "\n".join(lines)

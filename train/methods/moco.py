@@ -51,14 +51,19 @@ class Model(nn.Module):
         k[order] = torch.cat(groups)  # back to batch order
         return F.normalize(k.float(), dim=1)
 
-    def _infonce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + queue) similarities / temperature: column 0 each query's own key, then every
+        queue slot (-inf where a slot holds no key yet)."""
         pos = (q * k).sum(1, keepdim=True)
         neg = q @ self.queue.clone().T  # a copy: the queue changes before backward runs
         # Slots not yet holding a key are masked: random vectors would be trivially easy
         # negatives, and early training would pull every face onto one direction.
         empty = torch.arange(len(self.queue), device=q.device) >= self.queue_filled
         neg = neg.masked_fill(empty, float("-inf"))
-        logits = torch.cat([pos, neg], dim=1) / self.cfg["temperature"]
+        return torch.cat([pos, neg], dim=1) / self.cfg["temperature"]
+
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        logits = self._logits(q, k)
         return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
     @torch.no_grad()
