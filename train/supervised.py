@@ -53,7 +53,7 @@ def _describe_objectives() -> str:
     for name in OBJECTIVES:
         module = objective_module(name)
         listed = " ".join(f"{k}={v}" for k, v in module.DEFAULTS.items()) or "-"
-        lines.append(f"  {name:<8} {module.HELP}\n           settings: {listed}")
+        lines.append(f"  {name:<8} {module.HELP}\n{'':11}settings: {listed}")
     return "\n".join(lines)
 
 

@@ -126,5 +126,5 @@ def describe() -> str:
             if not variant
             else f"{module.HELP} ({', '.join(f'{k}={v}' for k, v in variant.items())})"
         )
-        lines.append(f"  {name:<8} {title}\n           settings: {listed}")
+        lines.append(f"  {name:<13} {title}\n{'':16}settings: {listed}")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ from ..predictor import predict_logits
 
 HELP = (
     "valence/arousal regression + AVCE contrast, plus cross-entropy where a face has a class; "
-    "--data: a label list CSV with valence,arousal columns in [-1, 1] (docs/ssl.md)"
+    "--data: a label list CSV with valence,arousal columns in [-1, 1] (docs/supervised.md)"
 )
 
 DEFAULTS = {
