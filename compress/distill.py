@@ -20,7 +20,7 @@ from fer_edge.errors import InputError
 from fer_edge.train.nets import ARCHS, build
 
 from . import finetune
-from .models import load_model, model_cost
+from .models import load_model, model_cost, refuse_valence_arousal
 
 MAX_STUDENT_PARAMS = 1_500_000
 
@@ -68,6 +68,7 @@ def distill(args: argparse.Namespace):
     if not 0 <= args.alpha <= 1 or args.temperature <= 0:
         raise InputError("--alpha must be in [0, 1] and --temperature positive")
     teacher = load_model(args.teacher)
+    refuse_valence_arousal(teacher, args.teacher, "distill")
     if teacher.kind == "qat":
         raise InputError("a QAT model cannot teach; pass its float source")
     spec, labels = teacher.spec, teacher.labels

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fer_edge import bundle as bundle_io
-from fer_edge.errors import CheckpointError
+from fer_edge.errors import CheckpointError, InputError
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train.checkpoint import load_checkpoint
 from fer_edge.train.nets import build
@@ -138,6 +138,16 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     state = load_checkpoint(checkpoint_path(path))
     spec = PreprocessSpec.from_dict(state["preprocess"])
     return LoadedModel(model_from_any_state(state), tuple(state["labels"]), spec, state)
+
+
+def refuse_valence_arousal(model: LoadedModel, path, command: str) -> None:
+    """Distillation, pruning and QAT train on class labels only: on a model that also predicts
+    valence and arousal they would silently drop or detune those outputs, so they refuse it."""
+    if int(model.state["num_classes"]) == len(model.labels) + 2:
+        raise InputError(
+            f"{path} also predicts valence and arousal; fer-edge {command} trains on class labels "
+            "only and would lose them. Export it as it is (fer-edge export)."
+        )
 
 
 def inference_state(state: dict) -> dict:

@@ -18,7 +18,13 @@ import torch
 from fer_edge.errors import InputError
 
 from . import finetune
-from .models import load_model, model_cost, model_from_any_state, structure_of
+from .models import (
+    load_model,
+    model_cost,
+    model_from_any_state,
+    refuse_valence_arousal,
+    structure_of,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +76,7 @@ def prune(args: argparse.Namespace):
     src = load_model(args.model)
     if src.kind == "qat":
         raise InputError("prune a float model; quantise after pruning")
+    refuse_valence_arousal(src, args.model, "prune")
     spec, labels = src.spec, src.labels
     config = {
         "method": "prune",

@@ -26,7 +26,13 @@ from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train.predictor import predict_logits
 
 from . import finetune
-from .models import inference_state, load_model, model_cost, model_from_any_state
+from .models import (
+    inference_state,
+    load_model,
+    model_cost,
+    model_from_any_state,
+    refuse_valence_arousal,
+)
 
 CALIBRATION_FACES = 512
 
@@ -141,6 +147,7 @@ def qat(args: argparse.Namespace):
     from torchao.quantization.pt2e import move_exported_model_to_train
 
     src = load_model(args.model)
+    refuse_valence_arousal(src, args.model, "qat")
     if src.kind == "qat":
         raise InputError(f"{args.model} is already quantised; pass its float source")
     spec = src.spec

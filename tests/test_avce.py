@@ -267,6 +267,12 @@ def test_train_eval_export_and_recognizer_report_valence_arousal(small_fer_dir, 
     assert main(["eval", "--model", str(bundle), "--data", str(val)]) == 0
     assert "arousal    RMSE" in capsys.readouterr().out
 
+    # compression trains on class labels only: it refuses the model instead of dropping VA
+    data = ["--data", str(small_fer_dir), "--out", str(tmp_path / "c")]
+    for argv in (["distill", "--teacher"], ["prune", "--model"], ["qat", "--model"]):
+        assert main([*argv, str(bundle), *data]) == 2
+        assert "also predicts valence and arousal" in capsys.readouterr().err
+
     onnx = tmp_path / "onnx"
     assert (
         main(
