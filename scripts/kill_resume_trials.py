@@ -48,22 +48,19 @@ def small_copy(src: Path, dest: Path, per_class: dict[str, int]) -> Path:
     return dest
 
 
+def train_command(data: Path, out: Path, epochs: int) -> list[str]:
+    """A small, fast `fer-edge train` run in a fresh process (also used by tests/test_train.py)."""
+    return [
+        sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--epochs", str(epochs),
+        "--out", str(out), *ARGS,
+    ]  # fmt: skip
+
+
 def train(data: Path, out: Path, epochs: int, resume: bool = False) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "fer_edge",
-        "train",
-        "--data",
-        str(data),
-        "--epochs",
-        str(epochs),
-        "--out",
-        str(out),
-        *ARGS,
-    ]
     return subprocess.Popen(
-        cmd + (["--resume"] if resume else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        train_command(data, out, epochs) + (["--resume"] if resume else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

@@ -1,11 +1,12 @@
 """Supervised training, resume after SIGKILL, eval JSON contract, checkpoint safety."""
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,33 +16,14 @@ from fer_edge.cli import main
 from fer_edge.errors import CheckpointError
 from fer_edge.train.checkpoint import load_checkpoint
 
-TRAIN = [
-    "--arch",
-    "vgg_small",
-    "--batch-size",
-    "32",
-    "--lr",
-    "0.02",
-    "--threads",
-    "1",
-    "--no-progress",
-]
-
-
-def _train_cmd(data, out, epochs):
-    return [
-        sys.executable,
-        "-m",
-        "fer_edge",
-        "train",
-        "--data",
-        str(data),
-        "--epochs",
-        str(epochs),
-        "--out",
-        str(out),
-        *TRAIN,
-    ]
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "kill_resume_trials", REPO / "scripts" / "kill_resume_trials.py"
+)
+kill_resume_trials = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kill_resume_trials)
+TRAIN = kill_resume_trials.ARGS
+_train_cmd = kill_resume_trials.train_command
 
 
 def _lines(path):
