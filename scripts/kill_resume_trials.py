@@ -48,11 +48,12 @@ def small_copy(src: Path, dest: Path, per_class: dict[str, int]) -> Path:
     return dest
 
 
-def train_command(data: Path, out: Path, epochs: int) -> list[str]:
-    """A small, fast `fer-edge train` run in a fresh process (also used by tests/test_train.py)."""
+def train_command(data: Path, out: Path, epochs: int, options: list[str] = ARGS) -> list[str]:
+    """A `fer-edge train` run in a fresh process, small and fast with the default ``options``
+    (also used by the kill-and-resume tests)."""
     return [
         sys.executable, "-m", "fer_edge", "train", "--data", str(data), "--epochs", str(epochs),
-        "--out", str(out), *ARGS,
+        "--out", str(out), *options,
     ]  # fmt: skip
 
 

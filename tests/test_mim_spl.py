@@ -3,15 +3,13 @@ retrieval relabelling, patch masking and the MIM loss, the distribution shift, a
 run on real faces that resumes exactly after a kill and ships a 7-class bundle."""
 
 import json
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from train_helpers import kill_after_first_epoch, logged_epochs, train_command
 
 from fer_edge.cli import main
 from fer_edge.data import load_dataset
@@ -153,26 +151,19 @@ TRAIN = [
 ]  # fmt: skip
 
 
-def _train_cmd(data, out, epochs):
-    return [sys.executable, "-m", "fer_edge", "train", "--data", str(data),
-            "--epochs", str(epochs), "--out", str(out), *TRAIN]  # fmt: skip
-
-
-def _records(run):
-    path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_noisy_run_trains_resumes_exactly_and_ships_a_7_class_bundle(
     small_fer_dir, tmp_path, capsys
 ):
     epochs = 3
     full = tmp_path / "full"
     done = subprocess.run(
-        _train_cmd(small_fer_dir, full, epochs), check=True, capture_output=True, text=True
+        train_command(small_fer_dir, full, epochs, TRAIN),
+        check=True,
+        capture_output=True,
+        text=True,
     )
     assert f"label noise: {round(0.4 * 280)} of 280 labels changed" in done.stderr
-    history = _records(full)
+    history = logged_epochs(full)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for h in history:  # split every epoch from warmup=1 on, with its diagnostics
         assert 0 < h["clean_fraction"] <= 1
@@ -181,21 +172,16 @@ def test_noisy_run_trains_resumes_exactly_and_ships_a_7_class_bundle(
     assert "loss_dcl" not in history[0] and "loss_dcl" in history[1]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_cmd(small_fer_dir, killed, epochs),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    done_at_kill = kill_after_first_epoch(
+        train_command(small_fer_dir, killed, epochs, TRAIN), killed
     )
-    deadline = time.time() + 120
-    while not _records(killed) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 1 <= len(_records(killed)) < epochs, "the kill should land mid-run"
+    assert 1 <= done_at_kill < epochs, "the kill should land mid-run"
     subprocess.run(
-        _train_cmd(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True
+        train_command(small_fer_dir, killed, epochs, TRAIN) + ["--resume"],
+        check=True,
+        capture_output=True,
     )
-    assert [h["epoch"] for h in _records(killed)] == [1, 2, 3]
+    assert [h["epoch"] for h in logged_epochs(killed)] == [1, 2, 3]
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
     for part in ("model", "extra", "objective"):
         for k, v in a[part].items():

@@ -1,60 +1,32 @@
 """Supervised training, resume after SIGKILL, eval JSON contract, checkpoint safety."""
 
-import importlib.util
 import json
 import os
-import signal
 import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import SMALL_RUN, kill_after_first_epoch, logged_epochs, train_command
 
 from fer_edge.cli import main
 from fer_edge.errors import CheckpointError
 from fer_edge.train.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "kill_resume_trials", REPO / "scripts" / "kill_resume_trials.py"
-)
-kill_resume_trials = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kill_resume_trials)
-TRAIN = kill_resume_trials.ARGS
-_train_cmd = kill_resume_trials.train_command
-
-
-def _lines(path):
-    return path.read_text().splitlines() if path.exists() else []
-
 
 def test_resume_after_kill_loses_no_epoch_and_matches_uninterrupted(small_fer_dir, tmp_path):
     epochs = 4
     full = tmp_path / "full"
-    subprocess.run(_train_cmd(small_fer_dir, full, epochs), check=True, capture_output=True)
+    subprocess.run(train_command(small_fer_dir, full, epochs), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_cmd(small_fer_dir, killed, epochs),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while (
-        len(_lines(killed / "metrics.jsonl")) < 1 and time.time() < deadline and proc.poll() is None
-    ):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(_lines(killed / "metrics.jsonl"))
+    done_at_kill = kill_after_first_epoch(train_command(small_fer_dir, killed, epochs), killed)
     assert 1 <= done_at_kill < epochs, "the kill should land mid-run"
 
     subprocess.run(
-        _train_cmd(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True
+        train_command(small_fer_dir, killed, epochs) + ["--resume"], check=True, capture_output=True
     )
-    history = [json.loads(x) for x in _lines(killed / "metrics.jsonl")]
+    history = logged_epochs(killed)
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     a, b = load_checkpoint(full / "last.pt")["model"], load_checkpoint(killed / "last.pt")["model"]
     for k in a:
@@ -68,15 +40,19 @@ def test_fresh_run_refuses_to_overwrite(small_fer_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     torch.save({"x": 1}, out / "last.pt")
-    rc = main(["train", "--data", str(small_fer_dir), "--epochs", "1", "--out", str(out), *TRAIN])
+    rc = main(
+        ["train", "--data", str(small_fer_dir), "--epochs", "1", "--out", str(out), *SMALL_RUN]
+    )
     assert rc == 2
 
 
 def test_loss_falls_and_eval_json_contract(small_fer_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(small_fer_dir), "--epochs", "6", "--out", str(out), *TRAIN])
+    rc = main(
+        ["train", "--data", str(small_fer_dir), "--epochs", "6", "--out", str(out), *SMALL_RUN]
+    )
     assert rc == 0
-    history = [json.loads(x) for x in _lines(out / "metrics.jsonl")]
+    history = logged_epochs(out)
     assert history[-1]["loss"] < history[0]["loss"]
     capsys.readouterr()
     png = tmp_path / "cm.png"

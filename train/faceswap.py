@@ -25,13 +25,10 @@ from fer_edge import atomic
 from fer_edge.data import cache_dir
 from fer_edge.errors import InputError
 
-# MediaPipe face-mesh indices (face_mesh_connections): the parts that carry the expression
-BROWS = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107, 276, 283, 282, 295, 285, 300, 293, 334, 296, 336)
-EYES = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-EYES += (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+from .landmarks import BROWS, EYES, LIPS
+
+# MediaPipe face-mesh indices of the inner face: the parts that carry the expression, and the nose
 NOSE = (1, 2, 4, 5, 6, 19, 94, 168, 197, 195, 98, 327, 129, 358)
-LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS += (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 INNER = BROWS + EYES + NOSE + LIPS
 # the face outline, so that the triangulation reaches past the inner face and the feathered edge
 OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377)

@@ -26,7 +26,6 @@ exporter, pruner and runtime already handles.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -40,6 +39,7 @@ from fer_edge.metrics import VA_AXES, classification_report, va_report
 from fer_edge.preprocess import PreprocessSpec
 
 from ..predictor import predict_logits
+from ..supervised import CrossEntropy
 
 HELP = (
     "valence/arousal regression + AVCE contrast, plus cross-entropy where a face has a class; "
@@ -170,31 +170,21 @@ def _va_targets(ds: FaceDataset, what: str) -> np.ndarray:
     return va
 
 
-class Objective:
+class Objective(CrossEntropy):
     """Valence/arousal from the last two outputs of the head, K class logits before them; see
     :class:`fer_edge.train.supervised.CrossEntropy` for the interface. Faces without both
     valence and arousal add no regression loss; faces labelled -1 add no cross-entropy."""
 
     select = "val_ccc"
 
-    def __init__(
-        self,
-        net: nn.Module,
-        train: FaceDataset,
-        val: FaceDataset,
-        cfg: dict,
-        args: argparse.Namespace,
-        device: torch.device,
-        true_labels: np.ndarray,
-    ):
+    def __init__(self, net, train, val, cfg, args, device, true_labels):
         va = _va_targets(train, "training data")
         _va_targets(val, "validation data")  # refused now, not after the first epoch
-        self.net, self.cfg, self.k = net, cfg, len(train.label_names)
-        self.smoothing = args.label_smoothing
+        super().__init__(net, train, val, cfg, args, device, true_labels)
+        self.cfg, self.k = cfg, len(train.label_names)
         self.known = torch.from_numpy(np.isfinite(va).all(axis=1)).to(device)
         self.targets = torch.from_numpy(np.nan_to_num(va)).to(device)
-        self.labels = torch.from_numpy(train.labels).to(device)
-        self.extra = nn.ModuleDict({"views": AvceViews(net.feat_dim, cfg)})
+        self.extra["views"] = AvceViews(net.feat_dim, cfg)
 
     @staticmethod
     def num_outputs(num_classes: int) -> int:
@@ -217,9 +207,6 @@ class Objective:
         total = reg + self.cfg["ce_weight"] * ce + self.cfg["weight"] * contrast
         return {"loss": total, "regression": reg, "ce": ce, "avce": contrast}
 
-    def end_epoch(self, epoch: int) -> dict[str, float]:
-        return {}
-
     def evaluate(self, val: FaceDataset, spec: PreprocessSpec, device) -> dict[str, float]:
         """val_ccc (mean over the axes), and RMSE, SAGR and CCC per axis; accuracy and macro-F1
         over the faces with a class label, when there are any."""
@@ -236,9 +223,3 @@ class Objective:
             )
             scores.update(val_accuracy=cls["accuracy"], val_macro_f1=cls["macro_f1"])
         return scores
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

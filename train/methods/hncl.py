@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..landmarks import dataset_landmarks
+from ..landmarks import BROWS, EYES, LIPS, dataset_landmarks
 from . import Views, moco
 from .heads import mlp
 
@@ -40,22 +40,13 @@ DEFAULTS = {
 OPTIM = moco.OPTIM
 SYNC_BN = moco.SYNC_BN
 
-# MediaPipe face-mesh indices (face_mesh_connections.py) of the parts that move with expression:
-# brows (raised in surprise and fear, drawn together in anger), eye contours (widened, squinted),
-# outer and inner lip contours (smile, open mouth, pressed lips) and the lower face oval (jaw drop,
-# chin raise). The nose ridge and wings are nearly rigid and anchor the rest (and wrinkle in
+# The face-mesh points heatmaps are drawn from, the parts that move with expression: brows
+# (raised in surprise and fear, drawn together in anger), eye contours (widened, squinted), outer
+# and inner lip contours (smile, open mouth, pressed lips), all three from ..landmarks, and the
+# lower face oval (jaw drop, chin raise). The nose ridge and wings are nearly rigid and anchor the rest (and wrinkle in
 # disgust). The upper face oval (forehead, temples) is left out: it does not move with expression
 # and lies mostly outside tight FER crops.
-BROWS = (46, 53, 52, 65, 55, 70, 63, 105, 66, 107, 276, 283, 282, 295, 285, 300, 293, 334, 296, 336)
-EYES = (
-    *(33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173),
-    *(263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398),
-)
 NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 97, 326, 327, 64, 294)
-LIPS = (
-    *(61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409),
-    *(78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415),
-)
 JAW = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288)
 JAW += (361, 323, 454)
 POINTS = BROWS + EYES + NOSE + LIPS + JAW

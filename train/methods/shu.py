@@ -28,15 +28,15 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec, convert_channels
 
 from .. import distributed
-from ..faceswap import BROWS, EYES, LIPS, to_pixels
+from ..faceswap import to_pixels
+from ..landmarks import BROWS, EYES, LIPS
 from . import Views, simclr
-from .heads import Encoder, mlp
+from .heads import Encoder
 
 HELP = "Shu et al.: NT-Xent + FaceSwap positives, MaskFN, TimeAug/HardNeg on clips"
 DEFAULTS = {
@@ -87,34 +87,21 @@ def contrastive_loss(
     ``descriptors`` (B, D) are given (both views of each anchor's most similar other face leave
     its denominator) and HardNeg when ``extra`` (B, dim) embeddings are given (every extra joins
     every anchor's denominator)."""
-    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
-    a1, a2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
-    b, g = len(z1), len(a1)
-    mine = torch.arange(b, device=z1.device) + distributed.rank() * b
-    anchors = torch.cat([z1, z2])
-    logits = anchors @ torch.cat([a1, a2]).T / temperature  # (2b, 2g)
-    rows = torch.arange(2 * b, device=z1.device)
-    logits[rows, torch.cat([mine, mine + g])] = float("-inf")
+    anchors, logits, positive = simclr.nt_xent_logits(z1, z2, temperature)
+    g = logits.shape[1] // 2  # the global batch: view 1 columns, then view 2
     if descriptors is not None:
+        rows = torch.arange(len(logits), device=logits.device)
         other = most_similar_other(descriptors).repeat(2)
         logits[rows, other] = float("-inf")
         logits[rows, other + g] = float("-inf")
     if extra is not None:
         e = distributed.gather_with_grad(F.normalize(extra.float(), dim=1))
         logits = torch.cat([logits, anchors @ e.T / temperature], dim=1)
-    return F.cross_entropy(logits, torch.cat([mine + g, mine]))
+    return F.cross_entropy(logits, positive)
 
 
-class Model(nn.Module):
-    def __init__(self, arch: str, in_channels: int, cfg: dict):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(arch, in_channels)
-        self.projector = mlp(self.encoder.out_dim, cfg["hidden"], cfg["dim"])
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.encoder.backbone
+class Model(simclr.Model):
+    """SimCLR's encoder and projector; the loss above."""
 
     def forward(
         self,
@@ -128,9 +115,6 @@ class Model(nn.Module):
         hard = None if extra is None else z[2 * b :]
         loss = contrastive_loss(z[:b], z[b : 2 * b], self.cfg["temperature"], descriptors, hard)
         return {"loss": loss}
-
-    def momentum_update(self, progress: float) -> None:
-        """No momentum network."""
 
 
 # ------------------------------------------------------------------ MaskFN descriptors

@@ -1,0 +1,39 @@
+"""Training in a fresh process for the kill-and-resume tests: the command comes from
+scripts/kill_resume_trials.py (the same small run its trials use), and a helper SIGKILLs a run
+once it has logged an epoch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "kill_resume_trials", REPO / "scripts" / "kill_resume_trials.py"
+)
+kill_resume_trials = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kill_resume_trials)
+SMALL_RUN = kill_resume_trials.ARGS
+train_command = kill_resume_trials.train_command
+
+
+def logged_epochs(run: Path) -> list[dict]:
+    """The epoch records of ``run``'s metrics.jsonl ([] before the first)."""
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def kill_after_first_epoch(cmd: list[str], run: Path, timeout: float = 120) -> int:
+    """Start ``cmd`` (a training run writing to ``run``), SIGKILL it as soon as it has logged an
+    epoch, and return how many epochs it had logged by then."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not logged_epochs(run) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(logged_epochs(run))
