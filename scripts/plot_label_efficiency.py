@@ -34,6 +34,8 @@ def read_rows(items: list[str]) -> dict[tuple[str, str], dict[float, float]]:
                 lines[(label, row["protocol"])][float(row["fraction"])] = row["test_accuracy"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{path} is not a fer-edge probe result ({e})") from None
+        if not rows:
+            raise InputError(f"{path} has no result rows: nothing to plot")
     return lines
 
 

@@ -39,9 +39,11 @@ def test_merges_probe_folders_and_refuses_what_it_cannot_read(tmp_path, capsys):
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{not json")
+    empty = _probe(tmp_path / "empty", [])
     for bad, message in [
         (f"A={tmp_path / 'missing'}", "not a fer-edge probe result"),
         (f"A={tmp_path / 'broken'}", "not a fer-edge probe result"),
+        (f"A={empty}", "has no result rows"),
         (str(a), "LABEL=PROBE_DIR"),
     ]:
         assert plot_label_efficiency.main(["--out", str(tmp_path / "x.png"), bad]) == 2
