@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from fer_edge.bundle import Bundle
-from fer_edge.errors import RuntimeBackendError
+from fer_edge.errors import RuntimeBackendError, backend_reason
 
 from .base import Runtime
 
+ADVICE = "check the file with fer-edge verify, or export the model again (fer-edge export)"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -29,7 +30,9 @@ class OnnxRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(bundle.graph), opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
-            raise RuntimeBackendError(f"onnxruntime cannot load {bundle.graph.name}: {e}") from None
+            raise RuntimeBackendError(
+                f"onnxruntime cannot load {bundle.graph.name}: {backend_reason(e)}; {ADVICE}"
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
@@ -54,9 +57,8 @@ class OnnxRuntime(Runtime):
         try:
             return self.session.run([self._output], {self._input: x})[0]
         except Exception as e:  # onnxruntime's own error types, e.g. a graph that fails to run
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeBackendError(
-                f"onnxruntime failed on {self.bundle.graph.name}: {first}"
+                f"onnxruntime failed on {self.bundle.graph.name}: {backend_reason(e)}"
             ) from None
 
 

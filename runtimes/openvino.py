@@ -1,7 +1,16 @@
 """OpenVINO backend: runs OpenVINO IR (``.xml`` + ``.bin``), ONNX and TFLite files on the CPU.
 
-The inference precision follows the bundle: an fp32 bundle runs in f32, because OpenVINO
-otherwise picks bf16 on CPUs that have it and the scores drift from the exported model's.
+The compile settings follow the bundle: ``model.json`` ``model.runtime_hints.openvino`` (written
+by ``fer-edge export``) is what this backend passes to ``compile_model``, and a bundle that
+records none gets :data:`PRECISION_HINTS`. OpenVINO otherwise picks bf16 on CPUs that have it
+(AMD Zen 4 and later, Intel Sapphire Rapids and later), where the scores drift from the ones the
+export's parity check measured, and some INT8 graphs find no bf16 kernel at all. f32 keeps an
+INT8 graph's int8 convolutions: the hint only sets the precision of the layers that are not
+quantised.
+
+The input is made static in channels and size (dynamic in batch only) before compiling: an IR
+whose every dimension is dynamic leaves the CPU plugin to choose kernels without knowing the
+shapes, which fails on some CPUs.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge.bundle import Bundle
-from fer_edge.errors import RuntimeBackendError
+from fer_edge.errors import BundleError, RuntimeBackendError, backend_reason
 
 from .base import GraphRuntime
 
@@ -28,41 +37,88 @@ def _openvino():
     return openvino
 
 
+# What a bundle without ``runtime_hints.openvino`` is compiled with, and what ``fer-edge export``
+# records: every bundle's parity is checked at f32.
+PRECISION_HINTS: dict[str, str] = {"INFERENCE_PRECISION_HINT": "f32"}
+# The compile settings a bundle may ask for, and the values each takes: a bundle is user input,
+# and anything else would reach OpenVINO's C++ unchecked.
+ALLOWED_HINTS = {"INFERENCE_PRECISION_HINT": ("f32", "bf16", "f16")}
+ADVICE = (
+    "run it with another backend (backend='tflite' or 'onnxruntime'; fer-edge --backend), or "
+    "export it again with fer-edge export --target openvino"
+)
+
+
+def bundle_hints(bundle: Bundle) -> dict[str, str]:
+    """The compile settings ``bundle`` records for OpenVINO (validated), or the defaults."""
+    hints = (bundle.meta["model"].get("runtime_hints") or {}).get("openvino")
+    if hints is None:
+        return dict(PRECISION_HINTS)
+    if not isinstance(hints, dict):
+        raise BundleError("model.json model.runtime_hints.openvino must be an object")
+    for key, value in hints.items():
+        if key not in ALLOWED_HINTS or value not in ALLOWED_HINTS[key]:
+            allowed = "; ".join(f"{k}: {', '.join(v)}" for k, v in ALLOWED_HINTS.items())
+            raise BundleError(
+                f"model.json model.runtime_hints.openvino has {key}={value!r}; allowed: {allowed}"
+            )
+    return {**PRECISION_HINTS, **hints}
+
+
+def cpu_precisions() -> list[str]:
+    """The inference precisions OpenVINO's CPU plugin can choose on this CPU: f32 always, bf16
+    where the CPU has native bf16 (then it is OpenVINO's default)."""
+    caps = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ["f32", *(["bf16"] if "BF16" in caps else [])]
+
+
 class OpenVinoGraph:
     """One model file compiled for the CPU with a dynamic batch dimension. ``graph(x)`` runs a
-    float batch in the graph's own input layout and returns every output as float32."""
+    float batch in the graph's own input layout and returns every output as float32.
+
+    ``hints`` are OpenVINO compile settings (default :data:`PRECISION_HINTS`). ``input_shapes``
+    are the per-face shapes the caller can feed (e.g. NCHW and NHWC): the first that fits the
+    graph's input fixes every dimension but the batch before compiling."""
 
     def __init__(
         self,
         path: str | os.PathLike,
         num_threads: int | None = None,
-        precision: str = "fp32",
+        hints: dict[str, str] | None = None,
+        input_shapes: tuple[tuple[int, ...], ...] = (),
     ):
         ov = _openvino()
         path = Path(path)
         if not path.is_file():
             raise RuntimeBackendError(f"OpenVINO model {path} does not exist")
         core = ov.Core()
+        config: dict[str, object] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            **(PRECISION_HINTS if hints is None else hints),
+        }
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = int(num_threads)
         try:
             model = core.read_model(str(path))
             if len(model.inputs) != 1:
                 raise RuntimeBackendError(
                     f"{path.name}: expected one input, got {len(model.inputs)}"
                 )
-            self._loop = not self._make_batch_dynamic(ov, model)
+            per_face = self._fitting_shape(ov, model, input_shapes)
+            self._loop = not self._make_batch_dynamic(ov, model, per_face)
             if self._loop:  # the graph fixes its batch inside (a constant reshape)
                 model = core.read_model(str(path))
-            config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-            if precision == "fp32":
-                config["INFERENCE_PRECISION_HINT"] = "f32"
-            if num_threads:
-                config["INFERENCE_NUM_THREADS"] = int(num_threads)
+                if per_face is not None:
+                    model.reshape({model.inputs[0]: ov.PartialShape([1, *per_face])})
             self._compiled = core.compile_model(model, "CPU", config)
         except RuntimeBackendError:
             raise
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long C++ traces
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeBackendError(f"OpenVINO cannot load {path.name}: {first}") from None
+            precision = config.get("INFERENCE_PRECISION_HINT", "the CPU's default precision")
+            raise RuntimeBackendError(
+                f"OpenVINO cannot compile {path.name} for the CPU at {precision}: "
+                f"{backend_reason(e)}; {ADVICE}"
+            ) from None
         self.path = path
         port = self._compiled.inputs[0]
         self.input_shape = tuple(
@@ -81,13 +137,31 @@ class OpenVinoGraph:
         self._lock = threading.Lock()  # one infer request: serialise callers
 
     @staticmethod
-    def _make_batch_dynamic(ov, model) -> bool:
-        """Give ``model`` a dynamic batch dimension; False when its outputs do not follow it."""
+    def _fitting_shape(ov, model, candidates) -> tuple[int, ...] | None:
+        """The first per-face shape in ``candidates`` that the input's partial shape admits,
+        when some of its non-batch dimensions are dynamic; None otherwise."""
         shape = model.inputs[0].get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() < 1:
+        if shape.rank.is_static and all(
+            shape[i].is_static for i in range(1, shape.rank.get_length())
+        ):
+            return None
+        for per_face in candidates:
+            if ov.PartialShape([-1, *per_face]).compatible(shape):
+                return tuple(per_face)
+        return None
+
+    @staticmethod
+    def _make_batch_dynamic(ov, model, per_face: tuple[int, ...] | None) -> bool:
+        """Give ``model`` a dynamic batch dimension (and ``per_face`` for the rest); False when
+        its outputs do not follow the batch."""
+        shape = model.inputs[0].get_partial_shape()
+        if per_face is not None:
+            dims = [ov.Dimension(-1), *(ov.Dimension(int(d)) for d in per_face)]
+        elif shape.rank.is_dynamic or shape.rank.get_length() < 1:
             return False
-        dims = [shape[i] for i in range(shape.rank.get_length())]
-        dims[0] = ov.Dimension(-1)  # any number of faces in one call
+        else:
+            dims = [shape[i] for i in range(shape.rank.get_length())]
+            dims[0] = ov.Dimension(-1)  # any number of faces in one call
         try:
             model.reshape({model.inputs[0]: ov.PartialShape(dims)})
         except Exception:  # a reshape OpenVINO cannot propagate through the graph
@@ -96,6 +170,16 @@ class OpenVinoGraph:
             o.get_partial_shape().rank.is_static and o.get_partial_shape()[0].is_dynamic
             for o in model.outputs
         )
+
+    def layer_precisions(self) -> dict[str, set[str]]:
+        """Layer type -> the precisions its compiled kernels run in (e.g. ``Convolution``:
+        ``{"u8"}`` for an INT8 graph), as the CPU plugin chose them on this CPU."""
+        found: dict[str, set[str]] = {}
+        for op in self._compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            layer, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+            found.setdefault(layer, set()).add(precision)
+        return found
 
     def _infer(self, x: np.ndarray) -> list[np.ndarray]:
         self._request.infer({0: x})
@@ -121,12 +205,15 @@ class OpenVinoGraph:
 class OpenVinoRuntime(GraphRuntime):
     name = "openvino"
 
-    def __init__(self, bundle: Bundle, num_threads: int | None = None):
+    def __init__(
+        self, bundle: Bundle, num_threads: int | None = None, hints: dict[str, str] | None = None
+    ):
         super().__init__(bundle, num_threads)
-        self.graph = OpenVinoGraph(bundle.graph, num_threads, bundle.precision)
         spec = bundle.preprocess
-        shape = self.graph.input_shape[1:]
         nchw, nhwc = (spec.channels, spec.size, spec.size), (spec.size, spec.size, spec.channels)
+        self.hints = bundle_hints(bundle) if hints is None else hints
+        self.graph = OpenVinoGraph(bundle.graph, num_threads, self.hints, (nchw, nhwc))
+        shape = self.graph.input_shape[1:]
 
         def fits(want: tuple[int, int, int]) -> bool:
             return len(shape) == 3 and all(s in (-1, w) for s, w in zip(shape, want, strict=True))

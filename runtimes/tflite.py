@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge.bundle import Bundle
-from fer_edge.errors import RuntimeBackendError
+from fer_edge.errors import RuntimeBackendError, backend_reason
 
 from .base import GraphRuntime
 
@@ -79,7 +79,10 @@ class TfliteGraph:
             self._it = self._new_interpreter()
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise RuntimeBackendError(f"TFLite cannot load {path.name}: {e}") from None
+            raise RuntimeBackendError(
+                f"TFLite cannot load {path.name}: {backend_reason(e)}; run it with another "
+                "backend (backend='openvino' runs .tflite files too) or export it again"
+            ) from None
         self.path = path
         inputs = self._it.get_input_details()
         if len(inputs) != 1:

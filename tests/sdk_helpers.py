@@ -165,3 +165,40 @@ def make_bundle(
         model={"format": fmt, "file": graph.name, "precision": precision},
         name=name,
     )
+
+
+def check_openvino_bundle(bundle: Bundle, faces: np.ndarray, min_agreement: float) -> list[str]:
+    """Compile an OpenVINO bundle under every inference precision OpenVINO can choose on this
+    CPU and require each to agree with the SDK's run (the bundle's recorded hints) on the top-1
+    class of ``min_agreement`` of the real ``faces`` (uint8 crops); returns the precisions tried.
+
+    What it covers: OpenVINO's own choice (no hint: bf16 on CPUs with native bf16, f32
+    elsewhere), f32, and bf16 where the CPU has native bf16 (AVX512_BF16 or AMX: AMD Zen 4+,
+    Intel Sapphire Rapids+). On a CPU without bf16 OpenVINO never runs bf16, so there only the
+    f32 path such a CPU really takes is compiled; the bf16 leg runs where CI lands on a CPU with
+    it. Also: the IR's input is dynamic in the batch only, and an INT8 graph keeps int8
+    convolutions under every precision."""
+    import openvino as ov
+
+    from fer_edge.preprocess import normalize
+    from fer_edge.runtimes import load_runtime
+    from fer_edge.runtimes.openvino import OpenVinoRuntime, cpu_precisions
+
+    if bundle.format == "openvino":
+        shape = ov.Core().read_model(str(bundle.graph)).inputs[0].get_partial_shape()
+        assert shape.rank.get_length() == 4 and shape[0].is_dynamic, shape
+        assert all(shape[i].is_static for i in range(1, 4)), f"{bundle.name}: input {shape}"
+    x = normalize(faces, bundle.preprocess)
+    sdk = load_runtime(bundle, "openvino", num_threads=1).run(x)
+    tried = []
+    for precision in (None, *cpu_precisions()):
+        hints = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
+        rt = OpenVinoRuntime(bundle, num_threads=1, hints=hints)
+        got = rt.run(x)
+        agree = float((got.argmax(1) == sdk.argmax(1)).mean())
+        assert agree >= min_agreement, f"{bundle.name} at {precision or 'default'}: {agree:.3f}"
+        if bundle.precision == "int8":
+            convs = rt.graph.layer_precisions()["Convolution"]
+            assert convs <= {"u8", "i8"}, f"{bundle.name} at {precision}: convolutions in {convs}"
+        tried.append(precision or "default")
+    return tried
