@@ -127,3 +127,53 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
     good.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
         load_checkpoint(good)
+
+
+XEON_AVX512_NO_BF16 = "flags : fpu sse2 avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni"
+ZEN4 = "flags : fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx512_vbmi2"
+SAPPHIRE_RAPIDS = "flags : fpu avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from fer_edge.train import engine
+
+    assert not engine.native_bf16_in(XEON_AVX512_NO_BF16)
+    assert engine.native_bf16_in(ZEN4) and engine.native_bf16_in(SAPPHIRE_RAPIDS)
+    assert not engine.native_bf16_in("")
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_training_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16):
+    """Both CPU paths on any CPU: oneDNN runs bf16 by emulation where the CPU lacks it, so
+    forcing the detection exercises the bf16 path on an AVX-512-only Xeon too."""
+    from fer_edge.train import engine
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native_bf16)
+    cpu, net, x = torch.device("cpu"), torch.nn.Conv2d(1, 4, 3), torch.randn(2, 1, 8, 8)
+    with engine.autocast(cpu, amp=True):
+        y = net(x)
+    assert y.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    with engine.autocast(cpu, amp=False):  # --no-amp
+        assert net(x).dtype == torch.float32
+    y.float().sum().backward()  # gradients reach the fp32 weights on both paths
+    assert net.weight.grad is not None and net.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("no_amp", [False, True])
+def test_train_benchmark_prints_one_json_line_and_writes_nothing(
+    small_fer_dir, tmp_path, capsys, no_amp
+):
+    from fer_edge.train import engine
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(small_fer_dir), "--out", str(out), "--arch", "vgg_small"]
+    argv += ["--batch-size", "32", "--benchmark", "--benchmark-steps", "2", "--no-progress"]
+    assert main(argv + (["--no-amp"] if no_amp else [])) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["command"] == "train" and record["arch"] == "vgg_small"
+    assert record["images_per_s"] > 0 and record["batch_size"] == 32
+    native = engine.amp_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
+    assert record["precision"] == ("bf16" if native and not no_amp else "fp32")
+    assert not out.exists()

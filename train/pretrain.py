@@ -83,14 +83,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--benchmark",
         action="store_true",
-        help="time training steps, print images/s and exit (writes nothing)",
+        help="time training steps, print one JSON line with images_per_s and exit (writes nothing)",
     )
     p.add_argument("--benchmark-steps", type=int, default=20)
     p.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: cuda:LOCAL_RANK)"
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on a GPU and on CPUs with native bf16)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -162,8 +166,9 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
         "seed": args.seed,
         "world_size": ctx.world_size,
     }
-    run = engine.Run(Path(args.out), config)
-    resume_state = None if args.benchmark else run.resume_state(args.resume)
+    # --benchmark writes nothing, not even the run folder
+    run = None if args.benchmark else engine.Run(Path(args.out), config)
+    resume_state = None if run is None else run.resume_state(args.resume)
 
     faces = load_faces(args, spec, progress=ctx.is_main and not args.no_progress)
     log(
@@ -297,25 +302,25 @@ def fit(args: argparse.Namespace) -> torch.nn.Module:
 def benchmark(
     step, batches: list[torch.Tensor], args, ctx: distributed.Context, device: torch.device
 ) -> float:
-    """Time ``--benchmark-steps`` training steps after 3 warm-up steps; prints and returns the
-    global images/s (each image counted once although it is augmented and encoded twice)."""
-    g = engine.epoch_generator(args.seed, 0)
-    need = 3 + args.benchmark_steps
-    batches = (batches * (need // len(batches) + 1))[:need]
-    for idx in batches[:3]:
-        step(idx, g)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for idx in batches[3:]:
-        step(idx, g)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    rate = args.benchmark_steps * args.batch_size / (time.perf_counter() - t0)
+    """Time ``--benchmark-steps`` training steps; prints one JSON line and returns the global
+    images/s (each image counted once although it is augmented and encoded twice)."""
+    # the batches are global (each rank takes its shard inside ``step``)
+    rate = engine.time_steps(
+        step, batches, seed=args.seed, steps=args.benchmark_steps, device=device
+    )
     if ctx.is_main:
         print(
-            f"{args.method} {args.arch} {args.size}px batch {args.batch_size} on {device} x{ctx.world_size}: "
-            f"{rate:.1f} images/s"
+            engine.benchmark_record(
+                rate,
+                command="pretrain",
+                device=device,
+                amp=not args.no_amp,
+                method=args.method,
+                arch=args.arch,
+                size=args.size,
+                batch_size=args.batch_size,
+                world_size=ctx.world_size,
+            )
         )
     return rate
 

@@ -125,7 +125,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on a GPU and on CPUs with native bf16)",
+    )
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="time training steps, print one JSON line with images_per_s and exit (writes nothing)",
+    )
+    p.add_argument("--benchmark-steps", type=int, default=20, help="timed steps of --benchmark")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -327,8 +337,9 @@ def fit(args: argparse.Namespace) -> Path:
         "seed": args.seed,
         "init": args.init,
     }
-    run = engine.Run(out, config)
-    resume_state = run.resume_state(args.resume)
+    # --benchmark writes nothing, not even the run folder
+    run = None if args.benchmark else engine.Run(out, config)
+    resume_state = None if run is None else run.resume_state(args.resume)
 
     train, val = load_train_val(args, spec)
     print(f"train: {train.summary()}\nval: {val.summary()}", file=sys.stderr)
@@ -405,6 +416,25 @@ def fit(args: argparse.Namespace) -> Path:
         sched.step()
         return {k: float(v.detach()) for k, v in parts.items()}
 
+    batches = lambda e: engine.epoch_batches(len(train), args.batch_size, args.seed, e)  # noqa: E731
+    if args.benchmark:
+        rate = engine.time_steps(
+            step, batches(0), seed=args.seed, steps=args.benchmark_steps, device=device
+        )
+        print(
+            engine.benchmark_record(
+                rate,
+                command="train",
+                device=device,
+                amp=amp,
+                method=args.method,
+                arch=args.arch,
+                size=args.size,
+                batch_size=args.batch_size,
+            )
+        )
+        return out
+
     def evaluate(epoch: int) -> dict[str, float]:
         return {**objective.end_epoch(epoch), **objective.evaluate(val, spec, device)}
 
@@ -445,7 +475,7 @@ def fit(args: argparse.Namespace) -> Path:
         run,
         epochs=args.epochs,
         start_epoch=start_epoch,
-        steps=lambda e: engine.epoch_batches(len(train), args.batch_size, args.seed, e),
+        steps=batches,
         step=step,
         evaluate=evaluate,
         state_fn=state,
