@@ -15,7 +15,7 @@ from fer_edge.bundle import Bundle
 from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
-from fer_edge.train.augment import supervised_augment
+from fer_edge.train.augment import AUGMENTS
 from fer_edge.train.supervised import evaluate_split, load_train_val
 
 from .models import save_model_bundle
@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: st
         "--lr", type=float, default=lr, help="peak learning rate (AdamW, warm-up then cosine)"
     )
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument(
+        "--augment",
+        default="standard",
+        choices=list(AUGMENTS),
+        help="training augmentation (see fer-edge train --help)",
+    )
     p.add_argument(
         "--limit-per-class",
         type=int,
@@ -70,6 +76,7 @@ class Finetune:
             "seed": args.seed,
             "lr": args.lr,
             "limit_per_class": args.limit_per_class,
+            "augment": args.augment,
         }
         self.run = engine.Run(self.out, self.config)
         self.resume_state = self.run.resume_state(args.resume)
@@ -83,7 +90,7 @@ class Finetune:
         self.steps_per_epoch = len(self.train) // args.batch_size
         self.images = torch.from_numpy(self.train.images).to(self.device)
         self.labels = torch.from_numpy(self.train.labels).to(self.device)
-        self.augment = supervised_augment(spec)
+        self.augment = AUGMENTS[args.augment](spec)
         self.start_epoch = 0 if self.resume_state is None else int(self.resume_state["epoch"]) + 1
 
     def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

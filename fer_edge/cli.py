@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "linear / k-NN / fine-tune evaluation of an encoder at 1/10/100% labels",
     ),
     "bench": ("fer_edge.bench", "per-stage latency, FPS and memory on 640x480 frames"),
+    "robustness": (
+        "fer_edge.robustness",
+        "accuracy under camera and detector shifts (margin, blur, JPEG, gamma, roll...)",
+    ),
     "distill": ("fer_edge.compress.distill", "distil a trained teacher into a small student"),
     "prune": ("fer_edge.compress.prune", "structured channel pruning + fine-tuning (DepGraph)"),
     "qat": (

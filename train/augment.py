@@ -52,6 +52,9 @@ class FaceAugment:
     blur: float = 0.0  # probability of a Gaussian blur
     grayscale: float = 0.0  # probability of dropping colour (3-channel models)
     erase: float = 0.0  # probability of erasing one random rectangle
+    gamma: float = 0.0  # exposure: x ** exp(u), u uniform in [-gamma, gamma]
+    downscale: float = 0.0  # probability of a low-resolution capture (down to 1/2, back up)
+    noise: float = 0.0  # max sigma of Gaussian sensor noise, in [0, 1] pixel units
 
     def _uniform(self, n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
         return torch.rand(n, generator=g) * (hi - lo) + lo
@@ -97,8 +100,16 @@ class FaceAugment:
         if self.grayscale and x.shape[1] == 3:
             drop = per((torch.rand(n, generator=g) < self.grayscale).float())
             x = x * (1 - drop) + x.mean(dim=1, keepdim=True) * drop
+        if self.gamma:
+            u = self._uniform(n, -self.gamma, self.gamma, g)
+            x = x.clamp(min=1e-4) ** per(torch.exp(u))
+        if self.downscale:
+            x = self._downscale(x, g)
         if self.blur:
             x = self._blur(x, g)
+        if self.noise:
+            sigma = per(self._uniform(n, 0.0, self.noise, g))
+            x = x + sigma * torch.randn(x.shape, generator=g).to(dev)
         if self.erase:
             x = self._erase(x, g)
         x = x.clamp(0, 1)
@@ -120,6 +131,18 @@ class FaceAugment:
         use = (torch.rand(n, generator=g) < self.blur).to(x.device).view(n, 1, 1, 1)
         return torch.where(use, blurred, x)
 
+    def _downscale(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """A face captured at fewer pixels: area-downsampled by one factor per batch (in
+        [1/2, 1]) and bilinearly upsampled back, on a random subset of the batch."""
+        n, _, h, w = x.shape
+        factor = float(self._uniform(1, 0.5, 1.0, g))
+        small = F.interpolate(
+            x, size=(max(2, round(h * factor)), max(2, round(w * factor))), mode="area"
+        )
+        low = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        use = (torch.rand(n, generator=g) < self.downscale).to(x.device).view(n, 1, 1, 1)
+        return torch.where(use, low, x)
+
     def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         side = self._uniform(n, 0.1, 0.4, g)
@@ -138,6 +161,31 @@ def supervised_augment(spec: PreprocessSpec) -> FaceAugment:
     """Standard FER training augmentation: small affine jitter, flip, light photometric jitter,
     random erasing."""
     return FaceAugment(spec, erase=0.25)
+
+
+def camera_augment(spec: PreprocessSpec) -> FaceAugment:
+    """What other cameras and detectors do to a face (``fer_edge.robustness`` measures the same
+    shifts): looser and tighter crops, off-centre boxes, head roll, exposure, low contrast,
+    low resolution, blur and sensor noise, on top of the standard flip and erasing. JPEG
+    artefacts are left to blur, downscaling and noise, which a batched warp can do on the
+    device."""
+    return FaceAugment(
+        spec,
+        rotate=15.0,
+        scale=(0.75, 1.15),
+        translate=0.15,
+        brightness=0.3,
+        contrast=0.6,
+        gamma=0.7,
+        downscale=0.3,
+        blur=0.25,
+        noise=0.03,
+        erase=0.25,
+    )
+
+
+# --augment: the training augmentations by name
+AUGMENTS = {"standard": supervised_augment, "camera": camera_augment}
 
 
 def ssl_augment(spec: PreprocessSpec) -> FaceAugment:

