@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import atomic
+from .calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .errors import BundleError, InputError
 from .preprocess import PreprocessSpec
 
@@ -55,6 +56,12 @@ class Bundle:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax (``fer-edge calibrate``; 1.0 when
+        the bundle was never calibrated)."""
+        return float(self.meta["model"].get("temperature", 1.0))
 
 
 def _confined(root: Path, rel: object) -> Path:
@@ -117,6 +124,16 @@ def validate_meta(meta: object) -> None:
         raise BundleError(f"model.json model.format {fmt!r} is not one of {sorted(FORMATS)}")
     if model.get("precision", "fp32") not in PRECISIONS:
         raise BundleError(f"model.json model.precision must be one of {PRECISIONS}")
+    t = model.get("temperature", 1.0)
+    if (
+        isinstance(t, bool)
+        or not isinstance(t, int | float)
+        or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE
+    ):
+        raise BundleError(
+            f"model.json model.temperature must be a number in [{MIN_TEMPERATURE}, "
+            f"{MAX_TEMPERATURE}], got {t!r}"
+        )
     files = _require(meta, "files", dict)
     graph = model.get("file")
     if graph not in files:
@@ -205,14 +222,28 @@ def save_bundle(
     return load_bundle(out_dir)
 
 
+def _rewrite_meta(path: str | os.PathLike, meta: dict) -> None:
+    validate_meta(meta)
+    atomic.write_text(Path(path) / "model.json", json.dumps(meta, indent=2) + "\n")
+
+
 def record_metrics(path: str | os.PathLike, key: str, metrics: dict) -> None:
     """Store ``metrics`` under ``metrics[key]`` in a verified bundle's model.json, atomically.
     (Metrics are not part of any file hash, so the bundle stays valid.)"""
     b = load_bundle(path)
-    meta = dict(b.meta)
-    meta["metrics"] = {**meta.get("metrics", {}), key: metrics}
-    validate_meta(meta)
-    atomic.write_text(b.root / "model.json", json.dumps(meta, indent=2) + "\n")
+    _rewrite_meta(b.root, {**b.meta, "metrics": {**b.meta.get("metrics", {}), key: metrics}})
+
+
+def record_temperature(path: str | os.PathLike, temperature: float, stats: dict) -> None:
+    """Store a fitted softmax temperature as ``model.temperature`` (what the SDK applies) and
+    the fit's numbers under ``metrics.calibration``, atomically."""
+    b = load_bundle(path)
+    meta = {
+        **b.meta,
+        "model": {**b.meta["model"], "temperature": float(temperature)},
+        "metrics": {**b.meta.get("metrics", {}), "calibration": stats},
+    }
+    _rewrite_meta(b.root, meta)
 
 
 # The shipped defaults: INT8 for TFLite and OpenVINO, FP32 ONNX for installs with neither.

@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "supervised training: cross-entropy, noisy labels (mim-spl), valence-arousal (avce)",
     ),
     "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
+    "calibrate": (
+        "fer_edge.calibration",
+        "fit a softmax temperature on validation faces so scores mean probabilities",
+    ),
     "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),
     "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
     "pretrain": (

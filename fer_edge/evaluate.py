@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bundle as bundle_io
+from .calibration import expected_calibration_error, plot_reliability, softmax
 from .data import load_dataset
 from .errors import InputError
 from .metrics import VA_AXES, classification_report, plot_confusion, va_report
@@ -49,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="average with the horizontally flipped face (PyTorch models)",
     )
     p.add_argument("--confusion", help="write the confusion matrix as a PNG here")
+    p.add_argument(
+        "--reliability", metavar="PNG", help="write the reliability diagram (calibration) here"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "--record",
@@ -59,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_scorer(
     model: str, backend: str, threads: int | None, tta: bool
-) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str]:
-    """Return (uint8 faces -> logits, labels, preprocess spec, description) for any MODEL."""
+) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str, float]:
+    """Return (uint8 faces -> logits, labels, preprocess spec, description, softmax
+    temperature) for any MODEL."""
     path = bundle_io.resolve(model, backend=backend)
     is_torch = path.suffix == ".pt" or (
         path.is_dir() and bundle_io.load_bundle(path).format == "pytorch"
@@ -79,11 +85,13 @@ def load_scorer(
             torch.set_num_threads(threads)
         loaded = load_model(path)  # float, pruned or QAT
         net, labels, spec = loaded.model, loaded.labels, loaded.spec
+        temperature = bundle_io.load_bundle(path).temperature if path.is_dir() else 1.0
         return (
             (lambda faces: predict_logits(net, faces, spec, hflip_tta=tta)),
             labels,
             spec,
             "pytorch",
+            temperature,
         )
     if tta:
         raise InputError("--tta is for PyTorch models; exported bundles run as deployed")
@@ -91,7 +99,39 @@ def load_scorer(
 
     b = bundle_io.load_bundle(path)
     rt = load_runtime(b, backend, threads)
-    return (lambda faces: rt.run(normalize(faces, b.preprocess))), b.labels, b.preprocess, rt.name
+    scorer = lambda faces: rt.run(normalize(faces, b.preprocess))  # noqa: E731
+    return scorer, b.labels, b.preprocess, rt.name, b.temperature
+
+
+def _scored(model, data, split, backend, threads, batch_size, tta):
+    """(dataset, logits of every face, labels, backend used, temperature, seconds)."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    scorer, labels, spec, backend_used, temperature = load_scorer(model, backend, threads, tta)
+    ds = load_dataset(data, split, labels=labels, spec=spec)
+    if len(ds) == 0:
+        raise InputError(f"{data}: no labelled faces to evaluate")
+    t0 = time.time()
+    logits = np.concatenate(
+        [scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]
+    )
+    return ds, logits, labels, backend_used, temperature, time.time() - t0
+
+
+def labelled_logits(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str | None = None,
+    *,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Class logits (N, K) of the faces with a class label, their labels, the label names."""
+    ds, logits, labels, *_ = _scored(model, data, split, backend, threads, 256, False)
+    labelled = ds.labels >= 0
+    if not labelled.any():
+        raise InputError(f"{data}: no faces with a class label")
+    return logits[labelled, : len(labels)], ds.labels[labelled], labels
 
 
 def evaluate(
@@ -103,21 +143,23 @@ def evaluate(
     threads: int | None = None,
     batch_size: int = 256,
     tta: bool = False,
+    reliability_png: str | os.PathLike | None = None,
 ) -> dict:
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    scorer, labels, spec, backend_used = load_scorer(model, backend, threads, tta)
-    ds = load_dataset(data, split, labels=labels, spec=spec)
-    if len(ds) == 0:
-        raise InputError(f"{data}: no labelled faces to evaluate")
-    t0 = time.time()
-    logits = np.concatenate(
-        [scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]
+    """The metrics of MODEL on the labelled faces of ``data`` (see the module docstring);
+    ``reliability_png``: also draw the reliability diagram of its calibrated scores there."""
+    ds, logits, labels, backend_used, temperature, seconds = _scored(
+        model, data, split, backend, threads, batch_size, tta
     )
-    seconds = time.time() - t0
     k = len(labels)
     labelled = ds.labels >= 0  # label lists may hold faces with valence/arousal only
     report = classification_report(ds.labels[labelled], logits[labelled, :k], labels)
+    if labelled.any():
+        probs = softmax(logits[labelled, :k], temperature)
+        report["ece"] = expected_calibration_error(probs, ds.labels[labelled])
+        report["temperature"] = temperature
+        if reliability_png:
+            title = f"{Path(str(model)).name} on {split or Path(str(data)).name}"
+            plot_reliability(probs, ds.labels[labelled], reliability_png, title)
     if logits.shape[1] == k + 2 and ds.valence is not None:
         va = va_report(np.stack([ds.valence, ds.arousal], axis=1), logits[:, k:])
         if va["n"] > 1:
@@ -154,9 +196,8 @@ def _table(r: dict) -> str:
         title,
         f"n = {r['n']}   accuracy = {r['accuracy']:.4f}   macro-F1 = {r['macro_f1']:.4f}"
         f"   macro precision = {r['macro_precision']:.4f}   macro recall = {r['macro_recall']:.4f}"
-        + (
-            f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else ""
-        ),
+        + (f"   macro ROC-AUC = {r['macro_roc_auc']:.4f}" if r["macro_roc_auc"] is not None else "")
+        + f"   ECE = {r['ece']:.4f} (T = {r['temperature']:.3g})",
         f"{'class':<10} {'prec':>6} {'recall':>6} {'f1':>6} {'auc':>6} {'n':>6}",
     ]
     for name, m in r["per_class"].items():
@@ -183,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         tta=args.tta,
+        reliability_png=args.reliability,
     )
     if args.record:
         if not bundle_io.resolve(args.model).is_dir():

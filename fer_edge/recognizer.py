@@ -26,6 +26,7 @@ import numpy as np
 
 from .align import align_faces
 from .bundle import Bundle, load_bundle, resolve
+from .calibration import softmax
 from .detect import Detection, FaceDetector, load_detector
 from .errors import InputError
 from .preprocess import as_uint8_image, normalize, resize_face
@@ -72,12 +73,6 @@ class FaceResult:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class Recognizer:
@@ -179,7 +174,8 @@ class Recognizer:
             return np.zeros((0, k), np.float32), None
         out = self.runtime.run(normalize(crops, self.spec))
         va = out[:, k : k + 2] if out.shape[1] == k + 2 else None
-        return softmax(out[:, :k]), va
+        # the bundle's fitted temperature (1 when it has none) turns logits into probabilities
+        return softmax(out[:, :k], self.bundle.temperature), va
 
     def _results(
         self, boxes: list, probs: np.ndarray, va: np.ndarray | None, dets: Sequence | None
