@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: st
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast on a GPU and on CPUs with native bf16; "
+        "QAT always trains in fp32)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -92,6 +98,10 @@ class Finetune:
         self.labels = torch.from_numpy(self.train.labels).to(self.device)
         self.augment = AUGMENTS[args.augment](spec)
         self.start_epoch = 0 if self.resume_state is None else int(self.resume_state["epoch"]) + 1
+
+    def autocast(self):
+        """bf16 autocast where training uses it (``engine.autocast``), unless --no-amp."""
+        return engine.autocast(self.device, not self.args.no_amp)
 
     def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW with warm-up over the first tenth of the run, then cosine decay."""

@@ -122,7 +122,9 @@ def prune(args: argparse.Namespace):
     def step(idx, g):
         model.train()
         x, y = ft.batch(idx, g)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with ft.autocast():
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         return {"loss": ft.update(loss, opt, sched)}
 
     def state(epoch: int) -> dict:

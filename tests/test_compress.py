@@ -19,7 +19,7 @@ from fer_edge.data import load_dataset  # noqa: E402
 from fer_edge.errors import CheckpointError, InputError  # noqa: E402
 from fer_edge.labels import FER_LABELS  # noqa: E402
 from fer_edge.preprocess import PreprocessSpec  # noqa: E402
-from fer_edge.train.checkpoint import save_checkpoint  # noqa: E402
+from fer_edge.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fer_edge.train.nets import build, count_params  # noqa: E402
 from fer_edge.train.predictor import load_torch_model, predict_logits  # noqa: E402
 
@@ -104,6 +104,24 @@ def test_distill_writes_loadable_student(student, teacher, small_fer_dir):
         distill.distill(_parse(distill, argv))
     again = distill.distill(_parse(distill, [*argv, "--resume"]))
     assert again.meta["files"] == b.meta["files"]
+
+
+def test_an_ensemble_of_one_teacher_twice_teaches_what_that_teacher_teaches(
+    teacher, small_fer_dir, tmp_path
+):
+    def trained(out, *extra):
+        argv = [*_distill_argv(teacher, small_fer_dir, tmp_path / out), *extra]
+        return load_checkpoint(distill.distill(_parse(distill, argv)).root.parent / "last.pt")
+
+    one = trained("one")
+    twice = trained("twice", "--teacher", str(teacher))
+    for k, v in one["model"].items():
+        torch.testing.assert_close(v, twice["model"][k], msg=k)
+    assert twice["config"]["teacher"] == [str(teacher)] * 2
+    # flip-TTA soft targets and logit adjustment change what the student learns
+    other = trained("tta", "--teacher-tta", "--logit-adjust", "1.0")
+    assert other["config"]["teacher_tta"] and other["config"]["logit_adjust"] == 1.0
+    assert any(not torch.equal(v, other["model"][k]) for k, v in one["model"].items())
 
 
 def test_prune_shrinks_reloads_and_resumes(student, small_fer_dir, tmp_path):
