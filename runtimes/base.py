@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -87,10 +88,14 @@ def _installed(imports: tuple[str, ...]) -> bool:
 
 def open_tflite_graph(path, what: str, backend: str = "auto", num_threads: int | None = None):
     """A raw ``.tflite`` graph (a detector's or landmarker's, not a bundle) on the tflite or the
-    openvino backend; ``what`` names the model in errors. Returns a callable: NHWC float32 ->
-    list of output arrays."""
+    openvino backend, or on onnxruntime when an ``.onnx`` conversion of it ships beside it (the
+    BlazeFace detectors do, so the base install runs them); ``what`` names the model in errors.
+    Returns a callable: NHWC float32 -> list of output arrays."""
+    path = Path(path)
+    onnx_path = path.with_suffix(".onnx")
+    runners = ("tflite", "openvino") + (("onnxruntime",) if onnx_path.is_file() else ())
     if backend == "auto":
-        backend = next((n for n in ("tflite", "openvino") if _installed(BACKENDS[n][1])), None)
+        backend = next((n for n in runners if _installed(BACKENDS[n][1])), None)
         if backend is None:
             raise RuntimeBackendError(
                 f"the {what} needs the tflite or openvino backend (pip install 'fer-edge[tflite]')"
@@ -103,7 +108,11 @@ def open_tflite_graph(path, what: str, backend: str = "auto", num_threads: int |
         from .openvino import OpenVinoGraph
 
         return OpenVinoGraph(path, num_threads)
-    raise RuntimeBackendError(f"the {what} runs on the tflite or openvino backend, not {backend!r}")
+    if backend == "onnxruntime" and "onnxruntime" in runners:
+        from .onnxruntime import OnnxGraph
+
+        return OnnxGraph(onnx_path, num_threads)
+    raise RuntimeBackendError(f"the {what} runs on {', '.join(runners)}, not {backend!r}")
 
 
 def available_backends() -> list[str]:
