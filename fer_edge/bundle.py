@@ -63,6 +63,14 @@ class Bundle:
         the bundle was never calibrated)."""
         return float(self.meta["model"].get("temperature", 1.0))
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print all of model.json (files, hashes, metrics).
+        p = self.preprocess
+        return (
+            f"Bundle({self.name!r}, format={self.format!r}, precision={self.precision!r}, "
+            f"labels={list(self.labels)}, input={p.channels}x{p.size}x{p.size}, root='{self.root}')"
+        )
+
 
 def _confined(root: Path, rel: object) -> Path:
     if not isinstance(rel, str) or not rel:

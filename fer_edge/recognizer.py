@@ -82,9 +82,12 @@ class Recognizer:
         model: a bundle folder, a loaded :class:`~fer_edge.bundle.Bundle`, or ``"default"``
             (the bundle shipped in the package).
         backend: ``auto``, ``tflite``, ``openvino`` or ``onnxruntime``.
-        detector: ``auto`` (BlazeFace short-range; Haar when no TFLite/OpenVINO runtime is
-            installed), ``blazeface``, ``blazeface_full``, ``haar``, a
-            :class:`~fer_edge.detect.FaceDetector`, or None to treat every frame as one face.
+        detector: ``auto`` (the same faces as ``fer-edge predict``: the ``photo`` detector for
+            single frames, BlazeFace short-range while tracking a stream), ``photo`` (BlazeFace
+            full-range on 2x2 tiles: small faces in group photos, about 10x slower),
+            ``blazeface`` (short-range: fast, faces near the camera), ``blazeface_full``,
+            ``haar``, a :class:`~fer_edge.detect.FaceDetector`, or None to treat every frame as
+            one face.
         num_threads: threads for the classifier and the detector (None: the runtime's default).
         track: follow faces across calls (ids + score smoothing); for video, not photos.
         smoothing: weight of a track's past scores in its moving average (0: none).
@@ -111,13 +114,37 @@ class Recognizer:
             model if isinstance(model, Bundle) else load_bundle(resolve(model, backend=backend))
         )
         self.runtime = load_runtime(self.bundle, backend, num_threads)
-        self.detector = None if detector is None else load_detector(detector, num_threads)
+        self._auto_detector = isinstance(detector, str) and detector == "auto"
+        self._num_threads = num_threads
+        self._photo_detector: FaceDetector | None = None
+        self._detector_lock = threading.Lock()
+        # With "auto", _detector is the stream one; the photo one loads on the first still frame.
+        self._detector = None if detector is None else load_detector(detector, num_threads)
         self.smoothing = smoothing
         self.tracker = IouTracker(smoothing=smoothing) if track else None
         self.align = align
         self.max_faces = max_faces
         self._tracking_call = threading.Lock()  # held while a tracking call runs
         self._session = threading.Lock()  # held while a stream owns the tracker
+
+    @property
+    def detector(self) -> FaceDetector | None:
+        """The detector the next call uses: with ``detector="auto"``, the photo detector unless
+        this Recognizer is tracking a stream."""
+        if not self._auto_detector or self.tracker is not None:
+            return self._detector
+        with self._detector_lock:
+            if self._photo_detector is None:
+                self._photo_detector = load_detector("photo", self._num_threads)
+        return self._photo_detector
+
+    def __repr__(self) -> str:
+        det = "auto" if self._auto_detector else getattr(self._detector, "name", None)
+        return (
+            f"Recognizer(model={self.bundle.name!r}, format={self.bundle.format!r}, "
+            f"backend={self.runtime.name!r}, detector={det!r}, labels={list(self.labels)}, "
+            f"tracking={self.tracker is not None})"
+        )
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -154,15 +181,16 @@ class Recognizer:
     def detect(self, frame: object) -> list[Detection]:
         """Faces in a frame, best first, at most ``max_faces``."""
         img = as_uint8_image(frame, "frame")
-        if self.detector is None:
+        detector = self.detector
+        if detector is None:
             h, w = img.shape[:2]
             return [Detection((0.0, 0.0, float(w), float(h)), 1.0)]
-        return self.detector(img)[: self.max_faces]
+        return detector(img)[: self.max_faces]
 
     def crops(self, frame: object, detections: Sequence[Detection]) -> np.ndarray:
         """uint8 (N, S, S, C) model-ready crops of the detected faces."""
         img = as_uint8_image(frame, "frame")
-        if self.detector is None:
+        if self._detector is None:
             return resize_face(img, self.spec)[None]
         return align_faces(img, detections, self.spec, rotate=self.align)
 
