@@ -144,28 +144,45 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
     return (w, h) if w > 0 and h > 0 else None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """Decode an image file to uint8 gray/BGR/BGRA, or None if it cannot be read or its header
-    declares more than :data:`MAX_IMAGE_PIXELS` pixels or a side over ``MAX_SIDE``."""
+def image_problem(path: str | os.PathLike) -> tuple[np.ndarray | None, str]:
+    """Decode an image file to uint8 gray/BGR/BGRA: ``(image, "")``, or ``(None, reason)`` when
+    it cannot be used. 16-bit images (PNG, TIFF) are scaled to 8 bit; files over
+    :data:`MAX_IMAGE_BYTES`, or whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels
+    or a side over ``MAX_SIDE``, are refused before decoding."""
     try:
         # Regular files only: opening a FIFO or a device named x.jpg would block or never end.
-        if not os.path.isfile(path) or os.path.getsize(path) > MAX_IMAGE_BYTES:
-            return None
+        if not os.path.isfile(path):
+            return None, "not a regular file"
+        nbytes = os.path.getsize(path)
+        if nbytes > MAX_IMAGE_BYTES:
+            return None, f"{nbytes >> 20} MB is over the {MAX_IMAGE_BYTES >> 20} MB limit"
         size = declared_size(path)
         if size is not None and (max(size) > MAX_SIDE or size[0] * size[1] > MAX_IMAGE_PIXELS):
-            return None
+            return None, (
+                f"{size[0]}x{size[1]} px is over the size limit (sides up to {MAX_SIDE} px, "
+                f"{MAX_IMAGE_PIXELS:,} pixels)"
+            )
         buf = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
+    except OSError as e:
+        return None, e.strerror or str(e)
     if buf.size == 0:
-        return None
+        return None, "the file is empty"
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:
-        return None
+        img = None
+    if img is not None and img.dtype == np.uint16:
+        # 16-bit PNG/TIFF: the top 8 bits are the 8-bit image (65535 -> 255).
+        img = (img >> 8).astype(np.uint8)
     if img is None or img.dtype != np.uint8 or img.size == 0:
-        return None
-    return img
+        return None, "cannot decode this image"
+    return img, ""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """Decode an image file to uint8 gray/BGR/BGRA, or None if it cannot be used (see
+    :func:`image_problem` for why)."""
+    return image_problem(path)[0]
 
 
 def _decode_all(

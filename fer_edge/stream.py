@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import IMAGE_EXTS, read_image
+from .data import IMAGE_EXTS, image_problem, read_image
 from .errors import InputError
 
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif"}
@@ -154,9 +154,9 @@ class FrameSource:
 
     def _frames(self, generation: int) -> Iterator[tuple[np.ndarray, str]]:
         if self.kind == "image":
-            img = read_image(self.source)
+            img, reason = image_problem(self.source)
             if img is None:
-                raise InputError(f"{self.source}: cannot decode this image")
+                raise InputError(f"{self.source}: {reason}")
             yield img, str(self.source)
         elif self.kind == "folder":
             files = sorted(p for p in self.source.rglob("*") if p.suffix.lower() in IMAGE_EXTS)

@@ -9,7 +9,9 @@ at a time instead).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -34,6 +36,38 @@ def interpreter_class() -> type:
                 "or tflite-runtime"
             ) from None
     return Interpreter
+
+
+_quiet_once = threading.Lock()
+_quieted = False
+
+
+@contextlib.contextmanager
+def _no_xnnpack_banner():
+    """LiteRT's C++ logger prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on
+    the first interpreter of a process, straight to file descriptor 2 (no environment variable
+    or Python API turns it off), which put it on every command's stderr. Point fd 2 at
+    /dev/null while the first interpreter is made; errors still surface as exceptions."""
+    global _quieted
+    with _quiet_once:
+        if _quieted:
+            yield
+            return
+        _quieted = True
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable fd 2 (embedded interpreters)
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -76,8 +110,9 @@ class TfliteGraph:
         self._content = content  # the interpreter reads from this buffer; keep it alive
         self._new_interpreter = lambda: interpreter(model_content=content, num_threads=num_threads)
         try:
-            self._it = self._new_interpreter()
-            self._it.allocate_tensors()
+            with _no_xnnpack_banner():
+                self._it = self._new_interpreter()
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise RuntimeBackendError(
                 f"TFLite cannot load {path.name}: {backend_reason(e)}; run it with another "
