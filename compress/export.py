@@ -1,14 +1,20 @@
 """Export a PyTorch model to an ONNX, TFLite or OpenVINO bundle, checked against PyTorch.
 
-MODEL is ``default``, a checkpoint, or a pytorch bundle (float, pruned or QAT). Targets:
+With no other flag (fer-edge export --target tflite) it exports the shipped default student
+into ./default_student_tflite, checked on the real FER-2013 faces shipped with the package.
+MODEL is a checkpoint, a pytorch bundle (float, pruned or QAT), or a shipped name:
+default_student (the default; the teacher default_pytorch while the student's PyTorch weights
+are not shipped) or default_pytorch (the teacher). Targets:
 - onnx: FP32, opset 17 or later, dynamic batch;
 - tflite: FP32 (litert-torch), or with --int8 full-integer INT8 with int8 input and output;
 - openvino: FP32 IR, or with --int8 an INT8 IR.
 INT8 uses the QAT model's learnt quantisation when MODEL is a QAT model, else post-training
 quantisation calibrated on --calib-faces training faces. Before anything is written the export
-runs through the SDK runtime on real validation faces (the same preprocessing as the SDK) and is
+runs through the SDK runtime on real validation faces (--data, else the 280 shipped ones; the
+same preprocessing as the SDK) and is
 refused unless its top-1 agrees with PyTorch on >= 99% (FP32) / >= 97% (INT8) of them; the
-agreement and the largest logit difference go into model.json ``metrics.parity``.
+agreement and the largest logit difference go into model.json ``metrics.parity``. A parity set
+whose images are mostly not faces is refused. The converters' own output goes to OUT.log.
 """
 
 from __future__ import annotations
@@ -36,23 +42,29 @@ RUNTIME_FOR = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="'default', a checkpoint, or a pytorch bundle")
+    p.add_argument(
+        "--model",
+        default="default_student",
+        help="a checkpoint, a pytorch bundle, or default_student / default_pytorch",
+    )
     p.add_argument("--target", required=True, choices=TARGETS)
     p.add_argument(
         "--int8", action="store_true", help="INT8 (tflite, openvino); implied by a QAT model"
     )
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--out", help="bundle folder to write (./MODEL_TARGET[_int8] when not given)")
     p.add_argument(
         "--data",
-        required=True,
-        help="FER data (split root or class folders): parity faces, INT8 calibration",
+        help="FER data (split root or class folders) for the parity faces and INT8 calibration; "
+        "the faces shipped with fer-edge when not given",
     )
     p.add_argument("--parity-split", default="val", help="split whose faces check parity")
     p.add_argument("--parity-faces", type=int, default=1000, help="faces in the parity check")
     p.add_argument("--calib-split", default="train", help="split whose faces calibrate PTQ")
     p.add_argument("--calib-faces", type=int, default=512, help="faces that calibrate PTQ")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or later)")
-    p.add_argument("--backend", help="SDK runtime for the parity check (default: the target's own)")
+    p.add_argument(
+        "--backend", help="SDK runtime for the parity check (the target's own if not given)"
+    )
 
 
 def _onnx(net, x: torch.Tensor, out: Path, opset: int) -> dict:
@@ -121,10 +133,43 @@ def _networks(lm: LoadedModel, int8: bool, args) -> tuple[torch.nn.Module, torch
     if not int8:
         return lm.model, lm.model, "pytorch fp32"
     calib_ds = parity.real_faces(
-        args.data, args.calib_split, lm.spec, lm.labels, args.calib_faces, seed=1
+        args.data or parity.shipped_faces(),
+        args.calib_split,
+        lm.spec,
+        lm.labels,
+        args.calib_faces,
+        seed=1,
     )
     calib = calibration_faces(calib_ds.images, calib_ds.labels, args.calib_faces)
     return ptq(lm.model, calib, lm.spec), lm.model, "pytorch fp32"
+
+
+def default_out(model: str, target: str, int8: bool) -> Path:
+    """``./<model name>_<target>[_int8]`` in the working directory (``default_student_tflite``
+    for the shipped student)."""
+    path = Path(str(model).rstrip("/\\"))
+    name = path.stem if path.suffix in (".pt", ".pth", ".ckpt") else path.name or "model"
+    if name == bundle_io.DEFAULT_STUDENT:
+        name = "default_student"
+    return Path.cwd() / f"{name}_{target}{'_int8' if int8 else ''}"
+
+
+def export_model_name(model: str | None) -> str:
+    """``default_student`` -> the shipped student's PyTorch bundle, or, until it ships, the
+    teacher (default_pytorch), saying so on stderr."""
+    model = model or "default_student"
+    if model not in ("default_student", bundle_io.DEFAULT_STUDENT):
+        return model
+    student = bundle_io.shipped_models() / bundle_io.DEFAULT_STUDENT
+    if (student / "model.json").is_file():
+        return str(student)
+    print(
+        f"fer-edge export: this installation ships no PyTorch weights of the default student "
+        f"({bundle_io.DEFAULT_STUDENT}); exporting the teacher default_pytorch instead "
+        "(--model to choose)",
+        file=sys.stderr,
+    )
+    return "default_pytorch"
 
 
 def export(args: argparse.Namespace) -> bundle_io.Bundle:
@@ -133,13 +178,18 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
         raise InputError(f"--target must be one of {', '.join(TARGETS)}")
     if args.opset < 17:
         raise InputError(f"--opset must be 17 or later, got {args.opset}")
+    args.model = export_model_name(args.model)
     lm = load_model(args.model)
     int8 = bool(args.int8 or lm.kind == "qat")
     if int8 and args.target == "onnx":
         raise InputError("ONNX export is FP32; use --target tflite or openvino for INT8")
+    if not args.out:
+        args.out = str(default_out(args.model, args.target, int8))
+    data = args.data or parity.shipped_faces()
     precision = "int8" if int8 else "fp32"
     spec = lm.spec
-    faces = parity.real_faces(args.data, args.parity_split, spec, lm.labels, args.parity_faces)
+    faces = parity.real_faces(data, args.parity_split, spec, lm.labels, args.parity_faces)
+    parity.require_faces(faces.images, data)
     net, reference, ref_name = _networks(lm, int8, args)
     net.eval()
     ref_logits = predict_logits(reference, faces.images, spec)
@@ -151,10 +201,12 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
         "commit": git_commit(),
         "torch": torch.__version__,
     }
+    log_path = Path(str(Path(args.out)).rstrip("/\\") + ".log")
     with tempfile.TemporaryDirectory(prefix="fer-edge-export-") as tmp:
         tmp = Path(tmp)
         (tmp / "graph").mkdir()
-        converted = convert(net, args.target, x, tmp / "graph", int8, args.opset)
+        with parity.output_to(log_path):  # the converters' progress lines and warnings
+            converted = convert(net, args.target, x, tmp / "graph", int8, args.opset)
         model_meta = {
             "format": args.target,
             "precision": precision,
@@ -180,10 +232,19 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
             file=sys.stderr,
         )
         if not result["passed"]:
+            advice = ""
+            if int8 and lm.kind != "qat":
+                advice = (
+                    " Post-training quantisation loses too much on this model; fine-tune it "
+                    "with quantisation-aware training and export the result: fer-edge qat "
+                    f"--model {args.model} --data FER_DATA --out runs/qat, then fer-edge export "
+                    f"--target {args.target} --model runs/qat/bundle"
+                )
             raise parity.ParityError(
                 f"{args.target} {precision} export agrees with {ref_name} on only "
                 f"{result['top1_agreement']:.2%} of {result['faces']} faces (needs {result['min_agreement']:.0%}); "
-                f"max logit difference {result['max_abs_logit_diff']:.4g}. Nothing was written to {args.out}"
+                f"max logit difference {result['max_abs_logit_diff']:.4g}. Nothing was written to {args.out}."
+                + advice
             )
         files = {name: stage.root / name for name in stage.meta["files"]}
         b = bundle_io.save_bundle(
@@ -197,6 +258,7 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
         )
     size = sum((b.root / f).stat().st_size for f in b.meta["files"])
     print(f"{args.target} {precision}: {size / 1024:.0f} KiB -> {b.root}", file=sys.stderr)
+    print(f"converter output: {log_path}", file=sys.stderr)
     return b
 
 

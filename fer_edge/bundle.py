@@ -158,6 +158,12 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
         root = root.parent
     if not root.exists():
         raise BundleError(f"model bundle {str(root)!r} does not exist")
+    if root.is_file() and root.suffix.lower() in GRAPH_FORMATS:
+        raise BundleError(
+            f"{str(root)!r} is a bare {root.suffix} graph, not a model bundle (a folder with "
+            "model.json: labels, preprocessing, hashes); wrap it into one: fer-edge wrap "
+            f"{root} --labels angry,disgust,fear,happy,neutral,sad,surprise --out {root.stem}_bundle"
+        )
     meta_path = root / "model.json"
     if not meta_path.is_file():
         raise BundleError(f"{str(root)!r} is not a model bundle: it has no model.json")
@@ -267,7 +273,7 @@ def default_bundle_path(pytorch: bool = False, backend: str = "auto") -> Path:
     backend, in the runtimes' preference order, that has one); ``pytorch=True`` gives the
     PyTorch teacher the defaults were distilled from (what training and compression start
     from)."""
-    models = Path(str(resources.files("fer_edge") / "models"))
+    models = shipped_models()
     if pytorch:
         return models / "default_pytorch"
     if backend == "auto":
@@ -284,12 +290,76 @@ def default_bundle_path(pytorch: bool = False, backend: str = "auto") -> Path:
     return models / "default"
 
 
+# Graph files a user may have from elsewhere, by suffix, and the bundle format they become.
+GRAPH_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
+
+
+def wrap_graph(
+    graph: str | os.PathLike,
+    out: str | os.PathLike,
+    labels: list[str] | tuple[str, ...],
+    preprocess: PreprocessSpec,
+    name: str | None = None,
+    precision: str = "fp32",
+) -> Bundle:
+    """Wrap a user's own ``.onnx``, ``.tflite`` or OpenVINO ``.xml`` (+ ``.bin``) graph into a
+    bundle with ``labels`` and ``preprocess``, so the SDK and every command can run it. The
+    graph is copied and hashed; loading it checks the label count against its output."""
+    graph = Path(graph)
+    fmt = GRAPH_FORMATS.get(graph.suffix.lower())
+    if fmt is None:
+        raise BundleError(
+            f"{graph.name}: wrap takes a .onnx, .tflite or OpenVINO .xml graph, not {graph.suffix!r}"
+        )
+    if not graph.is_file():
+        raise BundleError(f"{graph} does not exist")
+    labels = [str(x).strip() for x in labels if str(x).strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise BundleError(f"--labels needs two or more distinct names, got {labels}")
+    files = {f"model{graph.suffix.lower()}": graph}
+    if fmt == "openvino":
+        weights = graph.with_suffix(".bin")
+        if not weights.is_file():
+            raise BundleError(f"{graph.name} needs its weights {weights.name} beside it")
+        files["model.bin"] = weights
+    return save_bundle(
+        out,
+        files,
+        labels=labels,
+        preprocess=preprocess,
+        model={"format": fmt, "file": f"model{graph.suffix.lower()}", "precision": precision},
+        name=name or graph.stem,
+        source={"wrapped": graph.name},
+    )
+
+
+# The student that `fer-edge export` converts by default, as PyTorch weights; until they ship,
+# export falls back to the teacher (default_pytorch) and says so.
+DEFAULT_STUDENT = "default_student_pytorch"
+
+
+def shipped_models() -> Path:
+    return Path(str(resources.files("fer_edge") / "models"))
+
+
 def resolve(model: str | os.PathLike, pytorch: bool = False, backend: str = "auto") -> Path:
-    """Map ``default`` (the shipped bundle ``backend`` runs best) or a path to a bundle folder
-    path (not yet loaded)."""
+    """Map ``default`` (the shipped bundle ``backend`` runs best), the name of another shipped
+    bundle (``default_tflite``, ``default_openvino``, ``default_pytorch``, ...; a folder of that
+    name in the working directory wins) or a path to a bundle folder path (not yet loaded)."""
     if str(model) == "default":
         p = default_bundle_path(pytorch, backend)
         if not (p / "model.json").is_file():
             raise BundleError(f"this fer-edge installation ships no {p.name} model bundle")
+        return p
+    name = str(model)
+    if name.startswith("default") and "/" not in name and not Path(name).exists():
+        p = shipped_models() / name
+        if not (p / "model.json").is_file():
+            known = sorted(
+                d.name for d in shipped_models().iterdir() if (d / "model.json").is_file()
+            )
+            raise BundleError(
+                f"no shipped model bundle named {name!r}; shipped: {', '.join(known)}"
+            )
         return p
     return Path(model)

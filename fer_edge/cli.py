@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),
     "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
+    "wrap": ("fer_edge.wrap", "wrap your own .onnx/.tflite/OpenVINO graph into a model bundle"),
     "pretrain": (
         "fer_edge.train.pretrain",
         "self-supervised pretraining (MoCo v2, SimCLR, BYOL, FRA, HNCL, Shu et al.)",
