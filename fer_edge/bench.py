@@ -23,6 +23,7 @@ import os
 import resource
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -41,13 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backend", default="auto", choices=["auto", "tflite", "openvino", "onnxruntime"]
     )
     p.add_argument(
-        "--detector", default="auto", choices=["auto", "blazeface", "blazeface_full", "haar"]
+        "--detector",
+        default="blazeface",
+        choices=["blazeface", "blazeface_full", "photo", "haar"],
+        help="the detector to time (blazeface: the one streams use)",
     )
     p.add_argument("--threads", type=int, default=1, help="inference threads (0: runtime default)")
     p.add_argument(
         "--source",
-        help="image or video with a face, resized to 640x480 frames (default: portrait.jpg and "
-        "talking_short.mp4 from $FER_EDGE_DATA/media or ../shared/data/media)",
+        help="image or video with a face, resized to 640x480 frames (when not given: portrait.jpg "
+        "and talking_short.mp4 from $FER_EDGE_DATA/media or ../shared/data/media, else the "
+        "frame shipped with fer-edge)",
     )
     p.add_argument("--frames", type=int, default=300, help="timed frames")
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first")
@@ -68,6 +73,11 @@ def default_media() -> list[Path]:
         found = [root / n for n in ("portrait.jpg", "talking_short.mp4") if (root / n).is_file()]
         if found:
             return found
+    # Outside the repository: the 640x480 frame shipped in the package (Grace Hopper's public
+    # domain portrait, cropped), so `fer-edge bench` works anywhere.
+    shipped = Path(str(resources.files("fer_edge") / "assets" / "bench_frame.jpg"))
+    if shipped.is_file():
+        return [shipped]
     raise InputError("no benchmark media found: pass --source IMAGE_OR_VIDEO with a face")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from .errors import FerEdgeError
@@ -57,7 +58,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows an option's default only when it has one worth reading (not None, False or an
+    empty value), so help has no ``(default: None)`` noise."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "", [], ()) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+# reST roles and literals of docstrings, as plain text: :class:`~a.b.C` -> C, ``x`` -> x
+_ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]+\.)?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(doc: str) -> str:
+    """A module docstring as help text: reST markup removed."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", doc))
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -117,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = argparse.ArgumentParser(
         prog=f"fer-edge {name}",
-        description=(module.__doc__ or text).strip(),
+        description=plain_text(module.__doc__ or text).strip(),
         formatter_class=_Formatter,
     )
     module.add_arguments(parser)

@@ -23,7 +23,7 @@ import numpy as np
 from . import bundle as bundle_io
 from .calibration import expected_calibration_error, plot_reliability, softmax
 from .data import load_dataset
-from .errors import InputError
+from .errors import DatasetError, InputError
 from .metrics import VA_AXES, classification_report, plot_confusion, va_report
 from .preprocess import PreprocessSpec, normalize
 
@@ -109,8 +109,13 @@ def _scored(model, data, split, backend, threads, batch_size, tta):
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     scorer, labels, spec, backend_used, temperature = load_scorer(model, backend, threads, tta)
     ds = load_dataset(data, split, labels=labels, spec=spec)
-    if len(ds) == 0:
-        raise InputError(f"{data}: no labelled faces to evaluate")
+    if len(ds) == 0 or not (ds.labels >= 0).any():
+        what = f"{len(ds)} images but no labels" if len(ds) else "no faces"
+        raise DatasetError(
+            f"{data}: {what} to evaluate against; eval needs labelled faces: class folders "
+            "(DIR/<class>/*.jpg), split folders, the FER CSV or a label list "
+            "(fer-edge predict runs a model on unlabelled photos)"
+        )
     t0 = time.time()
     logits = np.concatenate(
         [scorer(ds.images[i : i + batch_size]) for i in range(0, len(ds), batch_size)]

@@ -256,7 +256,9 @@ RESUME_MUST_MATCH = (
 
 
 class Progress:
-    """tqdm when installed and attached to a terminal, a line per epoch otherwise."""
+    """tqdm when installed and attached to a terminal, a line per epoch otherwise. The bar stays
+    on screen when it closes, with the summary as its last words, so the end of a run shows
+    what it did."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.bar = None
@@ -265,7 +267,7 @@ class Progress:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+                self.bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
             except ImportError:
                 pass
 
@@ -275,9 +277,12 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 
     def close(self, summary: str) -> None:
+        line = f"{summary} ({time.time() - self.t0:.0f}s)"
         if self.bar is not None:
+            self.bar.set_postfix_str(line, refresh=True)
             self.bar.close()
-        print(f"{self.desc}: {summary} ({time.time() - self.t0:.0f}s)", file=sys.stderr, flush=True)
+            return
+        print(f"{self.desc}: {line}", file=sys.stderr, flush=True)
 
 
 def set_threads(threads: int | None) -> None:

@@ -2,7 +2,7 @@
 -> report, from one YAML file.
 
     fer-edge pipeline --config recipes/fer2013.yaml
-    fer-edge pipeline --config recipes/ci.yaml --data tests/small --out /tmp/p   # minutes, CPU
+    fer-edge pipeline --config recipes/ci.yaml --data ../shared/data/fer2013 --out /tmp/p   # CPU
 
 Each stage is the fer-edge command of the same name run into OUT/<stage>, with the options of
 its section in the config (``lr: 0.05`` -> ``--lr 0.05``; ``true`` -> a bare flag; a list -> the
@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from fer_edge import atomic
-from fer_edge.errors import InputError
+from fer_edge.errors import DatasetError, InputError
 
 from .engine import read_history
 from .pipeline_report import build_report, markdown, ship
@@ -243,8 +243,32 @@ class Pipeline:
         return out
 
 
+PIPELINE_SPLITS = ("train", "val", "test")  # training, choices, the report
+
+
+def check_data(data: str | Path) -> None:
+    """Before any stage runs: the recipe trains on train, chooses on val and reports on test,
+    so the data must be split folders with all three (or the Kaggle CSV, whose Usage column
+    holds them); a class-folder root would fail only at the report, hours later."""
+    root = Path(data)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return
+    if not root.is_dir():
+        raise DatasetError(f"pipeline data {str(root)!r} does not exist")
+    missing = [s for s in PIPELINE_SPLITS if not (root / s).is_dir()]
+    if missing:
+        has = sorted(d.name for d in root.iterdir() if d.is_dir())[:8]
+        raise DatasetError(
+            f"pipeline data {root} has no {', '.join(missing)} folder (has: {', '.join(has) or 'none'}); "
+            "the recipe trains on train, chooses on val and reports on test: lay it out as "
+            "DATA/{train,val,test}/<class>/*.jpg (e.g. ../shared/data/fer2013) or pass the "
+            "Kaggle fer2013.csv"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.data, args.out)
+    check_data(cfg["data"])
     pipe = Pipeline(cfg, progress=not args.no_progress)
     pipe.out.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(pipe.out / "recipe.yaml", Path(args.config).read_bytes())
