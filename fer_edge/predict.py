@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -317,6 +318,7 @@ def predict(
 
 
 def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
     n_frames, n_faces = predict(
         args.paths,
         model=args.model,
@@ -330,8 +332,13 @@ def run(args: argparse.Namespace) -> int:
         csv_path=args.csv,
         track=not args.no_track,
     )
+    seconds = time.perf_counter() - t0  # model load included
     if not args.json:
-        print(f"{n_faces} face(s) in {n_frames} image(s)/frame(s)", file=sys.stderr)
+        per = f", {1000 * seconds / n_frames:.1f} ms each" if n_frames else ""
+        print(
+            f"{n_faces} face(s) in {n_frames} image(s)/frame(s) in {seconds:.2f} s{per}",
+            file=sys.stderr,
+        )
     if args.annotate:
         print(f"annotated output written to {args.annotate}", file=sys.stderr)
     return 0

@@ -203,3 +203,64 @@ def test_cli_refuses_corrupt_checkpoint(small_fer_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot be loaded safely" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_as_typed_works_in_an_empty_folder(tmp_path, monkeypatch, capsys):
+    """`fer-edge export --target tflite` and nothing else: the shipped default (the teacher
+    until the student's PyTorch weights ship), ./<model>_tflite, parity on the shipped faces,
+    and the converters' chatter in a log file instead of the terminal."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", "--target", "tflite"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    out = tmp_path / "default_pytorch_tflite"
+    b = load_bundle(out)
+    p = b.meta["metrics"]["parity"]
+    assert b.format == "tflite" and p["passed"] and p["faces"] == 280
+    log = tmp_path / "default_pytorch_tflite.log"
+    assert len(log.read_text().splitlines()) > 10  # the converters' lines went here...
+    assert len(err) <= 5, err  # ...not to the terminal
+    assert any("exporting the teacher default_pytorch" in line for line in err)
+    assert err[-1] == f"converter output: {log}"
+    assert not any("training mode" in line for line in err)
+
+
+def test_export_defaults_to_the_shipped_student_when_it_ships(float_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from fer_edge import bundle as bundle_io
+
+    models = tmp_path / "models"
+    shutil.copytree(float_bundle.root, models / bundle_io.DEFAULT_STUDENT)
+    monkeypatch.setattr(bundle_io, "shipped_models", lambda: models)
+    monkeypatch.chdir(tmp_path)
+    name = export.export_model_name(None)
+    assert name == str(models / bundle_io.DEFAULT_STUDENT)
+    assert export.default_out(name, "tflite", False) == tmp_path / "default_student_tflite"
+    assert export.default_out("runs/x/best", "openvino", True) == tmp_path / "best_openvino_int8"
+
+
+def test_a_parity_set_that_is_not_faces_is_refused(float_bundle, media_root, tmp_path, capsys):
+    import cv2
+
+    cartoon = cv2.imread(str(media_root / "no-faces.jpg"))
+    for i, cls in enumerate(("happy", "sad", "angry", "neutral")):
+        (tmp_path / "things" / cls).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "things" / cls / "a.png"), np.roll(cartoon, 37 * i, axis=1))
+    argv = ["export", "--target", "onnx", "--model", str(float_bundle.root)]
+    assert cli_main([*argv, "--data", str(tmp_path / "things"), "--out", str(tmp_path / "o")]) == 2
+    assert "a face was found in only 0% of 4 parity images" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_int8_parity_failure_says_how_to_run_qat(
+    float_bundle, small_fer_dir, tmp_path, monkeypatch
+):
+    real = parity.runtime_logits
+    monkeypatch.setattr(parity, "runtime_logits", lambda rt, x: real(rt, x)[:, ::-1].copy())
+    with pytest.raises(parity.ParityError) as e:
+        _export(float_bundle, "openvino", small_fer_dir, tmp_path / "out", int8=True)
+    text = str(e.value)
+    assert "quantisation-aware training" in text
+    assert f"fer-edge qat --model {float_bundle.root}" in text
+    assert "fer-edge export --target openvino --model runs/qat/bundle" in text
+    assert not (tmp_path / "out").exists()
