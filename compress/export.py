@@ -96,7 +96,9 @@ def _tflite(net, x: torch.Tensor, out: Path, int8: bool) -> dict:
 
 
 def _openvino(net, x: torch.Tensor, out: Path, int8: bool) -> dict:
-    import openvino as ov
+    from fer_edge.runtimes.openvino import import_openvino
+
+    ov = import_openvino()  # with its telemetry off
 
     if int8:  # the PT2E graph's quantise/dequantise pairs become FakeQuantize -> int8 kernels
         batch = torch.export.Dim("batch", min=1, max=4096)

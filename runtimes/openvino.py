@@ -16,6 +16,7 @@ shapes, which fails on some CPUs.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -27,13 +28,31 @@ from fer_edge.errors import BundleError, RuntimeBackendError, backend_reason
 from .base import GraphRuntime
 
 
-def _openvino():
+def import_openvino():
+    """``import openvino`` with its telemetry off: the SDK sends nothing and writes nothing
+    outside the folders a user chose.
+
+    ``import openvino`` imports ``openvino.tools.ovc``, which sends a Google Analytics event on
+    every import and writes ``~/intel/`` (a client id and usage counters) through the
+    ``openvino_telemetry`` package. OpenVINO's documented opt-out (``opt_in_out --opt_out``)
+    itself writes ``~/intel/openvino_telemetry``; but OpenVINO falls back to its own no-op
+    ``telemetry_stub`` when ``openvino_telemetry`` cannot be imported. So the package is hidden
+    while openvino is first imported, then made importable again for code that wants it. (A
+    process that imported openvino before fer-edge keeps whatever telemetry it set up.)"""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    hidden = "openvino_telemetry" not in sys.modules
+    if hidden:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
     try:
         import openvino
     except ImportError:
         raise RuntimeBackendError(
             "the OpenVINO backend needs openvino (pip install 'fer-edge[openvino]')"
         ) from None
+    finally:
+        if hidden:
+            del sys.modules["openvino_telemetry"]
     return openvino
 
 
@@ -68,7 +87,7 @@ def bundle_hints(bundle: Bundle) -> dict[str, str]:
 def cpu_precisions() -> list[str]:
     """The inference precisions OpenVINO's CPU plugin can choose on this CPU: f32 always, bf16
     where the CPU has native bf16 (then it is OpenVINO's default)."""
-    caps = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return ["f32", *(["bf16"] if "BF16" in caps else [])]
 
 
@@ -87,7 +106,7 @@ class OpenVinoGraph:
         hints: dict[str, str] | None = None,
         input_shapes: tuple[tuple[int, ...], ...] = (),
     ):
-        ov = _openvino()
+        ov = import_openvino()
         path = Path(path)
         if not path.is_file():
             raise RuntimeBackendError(f"OpenVINO model {path} does not exist")

@@ -178,11 +178,11 @@ def check_openvino_bundle(bundle: Bundle, faces: np.ndarray, min_agreement: floa
     f32 path such a CPU really takes is compiled; the bf16 leg runs where CI lands on a CPU with
     it. Also: the IR's input is dynamic in the batch only, and an INT8 graph keeps int8
     convolutions under every precision."""
-    import openvino as ov
-
     from fer_edge.preprocess import normalize
     from fer_edge.runtimes import load_runtime
-    from fer_edge.runtimes.openvino import OpenVinoRuntime, cpu_precisions
+    from fer_edge.runtimes.openvino import OpenVinoRuntime, cpu_precisions, import_openvino
+
+    ov = import_openvino()
 
     if bundle.format == "openvino":
         shape = ov.Core().read_model(str(bundle.graph)).inputs[0].get_partial_shape()

@@ -2,7 +2,10 @@
 `fer-edge verify` catching tampering."""
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,6 +61,77 @@ def test_sdk_opens_no_connection(no_network, media_root, capsys, tmp_path):
     )
     assert '"label"' in capsys.readouterr().out and out.stat().st_size > 0
     assert no_network == []
+
+
+# ------------------------------------------------------------------- what the kernel sees
+
+# connect/sendto/sendmsg/sendmmsg to an IPv4 or IPv6 address, as strace prints them
+_INET = re.compile(
+    r'sa_family=AF_INET6?, .*?(?:sin_addr=inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)")'
+)
+_SDK_RUN = """
+import sys, cv2
+from fer_edge import Recognizer
+rec = Recognizer("default", backend=sys.argv[1], num_threads=1)
+print(len(rec(cv2.imread(sys.argv[2]))))
+"""
+
+
+def _traced(cmd: list[str], home: Path, cwd: Path) -> tuple[list[str], str]:
+    """Run ``cmd`` in a child process under strace (every thread and child process), in a network
+    namespace with only loopback when the kernel allows one, with ``home`` as $HOME. Returns the
+    non-loopback addresses it tried to reach and its output."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    log = cwd / "net.strace"
+    trace = ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg", "-o", str(log)]
+    # unshare -n: a namespace with no route out, so a failing test cannot send anything either
+    netns = ["unshare", "-n"] if subprocess.run(["unshare", "-n", "true"]).returncode == 0 else []
+    env = {**os.environ, "HOME": str(home), "FER_EDGE_CACHE": str(cwd / "cache")}
+    env.pop("CI", None)  # OpenVINO's telemetry stays quiet in CI; the test must not rely on it
+    proc = subprocess.run(
+        [*netns, *trace, *cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remote = []
+    for line in log.read_text().splitlines():
+        for m in _INET.finditer(line):
+            addr = m.group(1) or m.group(2)
+            if not (addr.startswith("127.") or addr in ("::1", "0.0.0.0", "::")):
+                remote.append(f"{addr}: {line[:200]}")
+    return remote, proc.stdout
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tflite", "openvino"])
+def test_each_backend_reaches_no_network_and_writes_nothing_in_home(backend, media_root, tmp_path):
+    """strace sees every connect and send of the process and its children (OpenVINO's telemetry
+    forks one); nothing may go to a non-loopback address, and nothing may appear in $HOME but
+    the XDG cache folder (OpenVINO's telemetry writes ~/intel; ONNX Runtime keeps a device id in
+    ~/.cache/Microsoft)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    cmd = [sys.executable, "-c", _SDK_RUN, backend, str(media_root / "portrait.jpg")]
+    remote, out = _traced(cmd, home, tmp_path)
+    assert out.strip() == "1"  # the run did its work: one face
+    assert remote == []
+    assert sorted(p.name for p in home.iterdir()) in ([], [".cache"])
+
+
+def test_training_and_export_reach_no_network(small_fer_dir, tmp_path):
+    from train_helpers import SMALL_RUN
+
+    home = tmp_path / "home"
+    home.mkdir()
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "fer_edge", "train", "--data", str(small_fer_dir)]
+    remote, _ = _traced([*train, "--epochs", "1", "--out", str(run), *SMALL_RUN], home, tmp_path)
+    assert remote == [] and (run / "best" / "model.json").is_file()
+    export = [sys.executable, "-m", "fer_edge", "export", "--target", "openvino", "--out", "ov"]
+    export += ["--model", str(run / "best"), "--data", str(small_fer_dir), "--parity-faces", "32"]
+    remote, _ = _traced(export, home, tmp_path)
+    assert remote == [] and (tmp_path / "ov" / "model.json").is_file()
+    # the XDG folders only (matplotlib keeps its font cache under ~/.config), no ~/intel
+    assert {p.name for p in home.iterdir()} <= {".cache", ".config"}
 
 
 class _Payload:
