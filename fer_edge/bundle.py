@@ -4,6 +4,15 @@
 metrics, and the sha256 of every file. Loading checks the schema, confines every file reference
 to the bundle folder, and verifies the hashes, so a truncated or tampered bundle is refused with a
 message that says what is wrong.
+
+Integrity: ``model.json`` ``integrity.manifest`` is the sha256 of model.json's canonical form
+(every field but ``integrity``, keys sorted, no whitespace, ASCII) - and so, through ``files``,
+of every file's bytes. One hex string names the whole bundle: change a label, the preprocessing
+or one byte of a file and it no longer matches. A runtime reads only files listed in ``files``
+(OpenVINO's ``.bin`` beside the ``.xml`` must be listed; ONNX graphs are handed to ONNX Runtime
+as bytes, so no external data file is opened). The manifest catches damage and edits by anyone
+who does not recompute it; against someone who can rewrite the folder, compare it with the value
+published with the model (``fer-edge verify --expect HASH``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ SCHEMA_VERSION = 1
 FORMATS = {"pytorch": ".pt", "onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml"}
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_META_BYTES = 1 << 20
+# Nesting of model.json beyond this is refused before Python's recursion limit is reached.
+MAX_META_DEPTH = 32
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -103,6 +114,57 @@ def _require(meta: dict, key: str, kind: type | tuple[type, ...]):
     return meta[key]
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_meta(text: str, where: object = "model.json") -> dict:
+    """model.json text -> object; BundleError for anything that is not strict JSON: ``NaN`` and
+    ``Infinity`` (Python's json accepts them), integers of more than 4300 digits, nesting deeper
+    than :data:`MAX_META_DEPTH`."""
+    depth = 0
+    for ch in text:  # a cheap bound before the parser recurses (strings may hold brackets:
+        if ch in "[{":  # this over-counts them, which only refuses sooner)
+            depth += 1
+            if depth > MAX_META_DEPTH:
+                raise BundleError(f"{where} nests deeper than {MAX_META_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        meta = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, int digits limit, NaN
+        raise BundleError(f"{where} is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{where} must hold a JSON object")
+    return meta
+
+
+def manifest_digest(meta: dict) -> str:
+    """sha256 of ``meta``'s canonical form without ``integrity``: see the module docstring."""
+    body = {k: v for k, v in meta.items() if k != "integrity"}
+    try:
+        text = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"model.json cannot be put in canonical form: {e}") from None
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+    """``meta`` with its ``integrity.manifest`` (re)computed: what a writer of model.json calls
+    last."""
+    return {**meta, "integrity": {"algorithm": "sha256", "manifest": manifest_digest(meta)}}
+
+
+def implicit_files(meta: dict) -> list[str]:
+    """Files a runtime opens without being told: OpenVINO reads ``X.bin`` beside ``X.xml``."""
+    model = meta["model"]
+    if model.get("format") == "openvino" and model["file"].endswith(".xml"):
+        return [model["file"][: -len(".xml")] + ".bin"]
+    return []
+
+
 def validate_meta(meta: object) -> None:
     """Raise BundleError unless ``meta`` is a well-formed model.json object."""
     if not isinstance(meta, dict):
@@ -149,6 +211,29 @@ def validate_meta(meta: object) -> None:
     for name, digest in files.items():
         if not (isinstance(digest, str) and len(digest) == 64):
             raise BundleError(f"model.json files[{name!r}] is not a sha256 hex digest")
+    for name in implicit_files(meta):
+        if name not in files:
+            raise BundleError(
+                f"model.json does not list {name!r}, which the {fmt} runtime reads with "
+                f"{graph!r}: every file a runtime reads must be listed and hashed"
+            )
+
+
+def check_manifest(meta: dict, where: object = "model.json") -> str:
+    """The bundle's manifest hash; BundleError when model.json has none or it does not match."""
+    integrity = meta.get("integrity")
+    recorded = integrity.get("manifest") if isinstance(integrity, dict) else None
+    if not isinstance(recorded, str):
+        raise BundleError(
+            f"{where} has no integrity.manifest hash (written by fer-edge before 0.1.1, or "
+            "edited): save the bundle again with this fer-edge"
+        )
+    if manifest_digest(meta) != recorded:
+        raise BundleError(
+            f"{where} fails its manifest check: its labels, preprocessing, metadata or file "
+            "hashes were changed after the bundle was written"
+        )
+    return recorded
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
@@ -167,18 +252,27 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     meta_path = root / "model.json"
     if not meta_path.is_file():
         raise BundleError(f"{str(root)!r} is not a model bundle: it has no model.json")
-    if meta_path.stat().st_size > MAX_META_BYTES:
-        raise BundleError(f"{meta_path} is larger than {MAX_META_BYTES} bytes")
     try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if meta_path.stat().st_size > MAX_META_BYTES:
+            raise BundleError(f"{meta_path} is larger than {MAX_META_BYTES} bytes")
+        text = meta_path.read_text("utf-8")
+    except UnicodeDecodeError as e:
         raise BundleError(f"{meta_path} is not valid JSON: {e}") from None
+    except PermissionError:
+        raise BundleError(f"{meta_path} cannot be read: permission denied") from None
+    meta = parse_meta(text, meta_path)
     validate_meta(meta)
+    if verify:
+        check_manifest(meta, meta_path)
     for rel, digest in meta["files"].items():
         full = _confined(root, rel)
         if not full.is_file():
             raise BundleError(f"bundle {root} is missing its file {rel!r}")
-        if verify and sha256_file(full) != digest:
+        try:
+            actual = sha256_file(full) if verify else digest
+        except OSError as e:  # permissions, an I/O error
+            raise BundleError(f"bundle file {full} cannot be read: {e.strerror or e}") from None
+        if actual != digest:
             raise BundleError(
                 f"bundle file {rel!r} fails its sha256 check: it was changed or truncated "
                 "after the bundle was written"
@@ -232,18 +326,19 @@ def save_bundle(
                 shutil.copyfile(content, dest)
             meta["files"][rel] = sha256_file(dest)
         validate_meta(meta)
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+        (tmp / "model.json").write_text(json.dumps(seal(meta), indent=2) + "\n", "utf-8")
     return load_bundle(out_dir)
 
 
 def _rewrite_meta(path: str | os.PathLike, meta: dict) -> None:
+    """Replace a bundle's model.json with ``meta``, its manifest hash recomputed."""
     validate_meta(meta)
-    atomic.write_text(Path(path) / "model.json", json.dumps(meta, indent=2) + "\n")
+    atomic.write_text(Path(path) / "model.json", json.dumps(seal(meta), indent=2) + "\n")
 
 
 def record_metrics(path: str | os.PathLike, key: str, metrics: dict) -> None:
-    """Store ``metrics`` under ``metrics[key]`` in a verified bundle's model.json, atomically.
-    (Metrics are not part of any file hash, so the bundle stays valid.)"""
+    """Store ``metrics`` under ``metrics[key]`` in a verified bundle's model.json, atomically,
+    with its manifest hash recomputed."""
     b = load_bundle(path)
     _rewrite_meta(b.root, {**b.meta, "metrics": {**b.meta.get("metrics", {}), key: metrics}})
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from fer_edge.bundle import load_bundle, save_bundle
+from fer_edge.bundle import load_bundle, save_bundle, seal
 from fer_edge.errors import BundleError
 from fer_edge.labels import FER_LABELS
 from fer_edge.preprocess import PreprocessSpec
@@ -24,9 +24,10 @@ def bundle_dir(tmp_path):
 
 
 def _edit_meta(root, fn):
+    """Edit model.json and recompute its manifest hash, as a writer of bundles would."""
     meta = json.loads((root / "model.json").read_text())
     fn(meta)
-    (root / "model.json").write_text(json.dumps(meta))
+    (root / "model.json").write_text(json.dumps(seal(meta)))
 
 
 def test_round_trip(bundle_dir):
