@@ -24,6 +24,10 @@ class CheckpointError(FerEdgeError):
     """A training checkpoint that is missing, corrupt or of the wrong kind."""
 
 
+class BusyError(FerEdgeError):
+    """A folder that another process is writing (two training runs with the same --out)."""
+
+
 class RuntimeBackendError(FerEdgeError):
     """An inference backend that is not installed or cannot run the bundle."""
 

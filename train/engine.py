@@ -195,6 +195,8 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.out):
                 pass
+            # Two runs with the same --out would overwrite each other's last.pt and best/.
+            atomic.lock_folder(self.out, "run folder")
         except OSError as e:
             raise InputError(
                 f"cannot write to the run folder {self.out}: {e.strerror or e}"
