@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,20 +136,48 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
 # ---------------------------------------------------------------------------- decoding
 
 
+# The image formats fer-edge reads, told by their first bytes (a file's name says nothing: a
+# Radiance HDR or an OpenEXR file named .png still reaches OpenCV's HDR decoder, which decodes to
+# float32), with the most bytes a decoded pixel of each can take: 16-bit RGBA PNG, float32 RGBA
+# TIFF. OpenCV decodes many more formats (HDR, EXR, JPEG 2000, PFM, Sun raster, GDAL); none is a
+# face dataset's format, and each is attack surface.
+IMAGE_FORMATS: dict[str, tuple[tuple[bytes, ...], int]] = {
+    "jpeg": ((b"\xff\xd8\xff",), 3),
+    "png": ((b"\x89PNG\r\n\x1a\n",), 8),
+    "bmp": ((b"BM",), 4),
+    "webp": ((b"RIFF",), 4),  # and "WEBP" at offset 8, checked below
+    "tiff": ((b"II*\x00", b"MM\x00*"), 16),
+    "pnm": ((b"P2", b"P3", b"P5", b"P6"), 6),
+}
+# Memory a decoded image may take: width x height x the format's bytes per pixel, known from
+# the header before anything is decoded (a 64-MP JPEG fits, so does a 33-MP 16-bit PNG).
+MAX_DECODED_BYTES = 1 << 28
+
+
+def image_format(head: bytes) -> str | None:
+    """The format of an image from its first 12 bytes, if it is one fer-edge reads."""
+    for name, (magics, _) in IMAGE_FORMATS.items():
+        if head.startswith(magics) and (name != "webp" or head[8:12] == b"WEBP"):
+            return name
+    return None
+
+
 def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(width, height) from the image file's header, without decoding; None if unknown."""
     try:
         w, h = imagesize.get(path)
-    except Exception:  # a malformed header: leave the verdict to the decoder
+    except Exception:  # a malformed header: unknown
         return None
     return (w, h) if w > 0 and h > 0 else None
 
 
 def image_problem(path: str | os.PathLike) -> tuple[np.ndarray | None, str]:
     """Decode an image file to uint8 gray/BGR/BGRA: ``(image, "")``, or ``(None, reason)`` when
-    it cannot be used. 16-bit images (PNG, TIFF) are scaled to 8 bit; files over
-    :data:`MAX_IMAGE_BYTES`, or whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels
-    or a side over ``MAX_SIDE``, are refused before decoding."""
+    it cannot be used. 16-bit images (PNG, TIFF) are scaled to 8 bit. Refused before decoding:
+    files over :data:`MAX_IMAGE_BYTES`, files that are not one of :data:`IMAGE_FORMATS` by their
+    first bytes (whatever their name), and headers that declare no size, more than
+    :data:`MAX_IMAGE_PIXELS` pixels, a side over ``MAX_SIDE`` or a decoded size over
+    :data:`MAX_DECODED_BYTES`."""
     try:
         # Regular files only: opening a FIFO or a device named x.jpg would block or never end.
         if not os.path.isfile(path):
@@ -156,13 +185,26 @@ def image_problem(path: str | os.PathLike) -> tuple[np.ndarray | None, str]:
         nbytes = os.path.getsize(path)
         if nbytes > MAX_IMAGE_BYTES:
             return None, f"{nbytes >> 20} MB is over the {MAX_IMAGE_BYTES >> 20} MB limit"
+        with open(path, "rb") as f:
+            fmt = image_format(f.read(12))
+        if fmt is None:
+            return None, "not a JPEG, PNG, BMP, WebP, TIFF or PNM file (by its first bytes)"
         size = declared_size(path)
-        if size is not None and (max(size) > MAX_SIDE or size[0] * size[1] > MAX_IMAGE_PIXELS):
+        if size is None:
+            return None, f"its {fmt.upper()} header declares no image size"
+        if max(size) > MAX_SIDE or size[0] * size[1] > MAX_IMAGE_PIXELS:
             return None, (
                 f"{size[0]}x{size[1]} px is over the size limit (sides up to {MAX_SIDE} px, "
                 f"{MAX_IMAGE_PIXELS:,} pixels)"
             )
+        if size[0] * size[1] * IMAGE_FORMATS[fmt][1] > MAX_DECODED_BYTES:
+            return None, (
+                f"{size[0]}x{size[1]} px of {fmt.upper()} may decode to more than "
+                f"{MAX_DECODED_BYTES >> 20} MB"
+            )
         buf = np.fromfile(path, dtype=np.uint8)
+    except ValueError:  # a NUL byte in the path
+        return None, "not a usable file name"
     except OSError as e:
         return None, e.strerror or str(e)
     if buf.size == 0:
@@ -275,7 +317,7 @@ def _from_files(
         try:
             st = os.stat(p)
             entries.append((p, st.st_size, st.st_mtime_ns))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             entries.append((p, -1, -1))
     key = _cache_key("files", entries, spec, ",".join(label_names) + repr([it[1] for it in items]))
     images, ok = _cached_decode(key, paths, spec, use_cache, progress)
@@ -319,7 +361,7 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
             raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
         usage = KAGGLE_USAGE[split]
     images, labels, skipped, bad = [], [], {}, 0
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         for row in reader:
             if usage is not None and (row.get("Usage") or "").strip() != usage:
@@ -338,7 +380,8 @@ def _read_kaggle_csv(path: Path, split, label_names, spec) -> FaceDataset:
                     or pixels.max() > 255
                 ):
                     raise ValueError("pixel count is not a square or values out of range")
-            except (KeyError, ValueError, IndexError, AttributeError):
+            except (KeyError, ValueError, IndexError, AttributeError, TypeError, OverflowError):
+                # a missing or short field (None), a pixel past int64 (10^23), junk
                 bad += 1
                 continue
             if name not in label_names:
@@ -381,9 +424,12 @@ def _list_columns(path: Path, fieldnames) -> dict[str, str]:
     return found
 
 
+_INDEX = re.compile(r"-?[0-9]{1,9}")
+
+
 def _read_label_list(path: Path, label_names, spec, use_cache, progress) -> FaceDataset:
     items, skipped, bad = [], {}, 0
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         col = _list_columns(path, reader.fieldnames)
         has_va = "valence" in col
@@ -396,10 +442,12 @@ def _read_label_list(path: Path, label_names, spec, use_cache, progress) -> Face
                 bad += 1
                 continue
             raw = row.get(col["label"], "")
-            unlabelled = raw == "" or (raw.startswith("-") and raw[1:].isdigit())
+            # ASCII digits only ("³".isdigit() is true) and short: int() of 5000 digits raises
+            index = _INDEX.fullmatch(raw)
+            unlabelled = raw == "" or (index is not None and raw.startswith("-"))
             if unlabelled and has_va and not (np.isnan(v) and np.isnan(a)):
                 y = -1  # no class, but valence/arousal to learn from
-            elif raw.lstrip("-").isdigit():
+            elif index is not None:
                 i = int(raw)
                 if not 0 <= i < len(label_names):
                     skipped[raw] = skipped.get(raw, 0) + 1
@@ -433,7 +481,7 @@ def _frame_order(path: Path) -> tuple:
 
 def _read_clip_folders(root: Path, label_names, spec, use_cache, progress) -> FaceDataset:
     listing = root / "clips.csv"
-    with open(listing, newline="", encoding="utf-8") as f:
+    with open(listing, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = {c.strip().lower() for c in (reader.fieldnames or []) if c}
         if not {"clip", "identity"} <= cols:
@@ -468,7 +516,7 @@ def _read_clip_folders(root: Path, label_names, spec, use_cache, progress) -> Fa
 
 
 def _read_csv(path: Path, split, label_names, spec, use_cache, progress) -> FaceDataset:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = {c.strip().lower() for c in next(csv.reader(f), [])}
     if {"emotion", "pixels"} <= header:
         return _read_kaggle_csv(path, split, label_names, spec)
@@ -501,6 +549,15 @@ def load_dataset(
             return _read_csv(root, split, label_names, spec, cache, progress)
         except (UnicodeDecodeError, csv.Error) as e:  # binary junk, a field over csv's limit
             raise DatasetError(f"{root} is not a readable UTF-8 CSV file: {e}") from None
+        except PermissionError as e:
+            raise DatasetError(f"{e.filename or root} cannot be read: permission denied") from None
+    try:
+        return _load_folder(root, split, label_names, spec, cache, progress)
+    except PermissionError as e:
+        raise DatasetError(f"{e.filename or root} cannot be read: permission denied") from None
+
+
+def _load_folder(root: Path, split, label_names, spec, cache, progress) -> FaceDataset:
     if (root / "clips.csv").is_file():
         if split is not None:
             raise DatasetError(f"{root} holds clips (clips.csv), not splits; drop split={split!r}")

@@ -154,15 +154,33 @@ def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def crop_list(crops: Sequence[object] | np.ndarray, what: str = "face crops") -> list:
+    """Face crops as a list: a list or a 4-D (N, H, W, C) array as given, one bare (H, W) or
+    (H, W, 1|3|4) array as a list of one. A bare 3-D array whose last axis is not 1, 3 or 4
+    could be one channels-first crop (3, H, W), one crop with odd channels, or a stack of gray
+    crops: refused, rather than guessed."""
+    if isinstance(crops, np.ndarray):
+        if crops.ndim == 2 or (crops.ndim == 3 and crops.shape[2] in (1, 3, 4)):
+            return [crops]  # one crop passed bare
+        if crops.ndim == 3:
+            raise InputError(
+                f"{what}: a bare array of shape {crops.shape} is ambiguous (a channels-first "
+                "crop? a stack of gray crops?); pass one (H, W) or (H, W, 1|3|4) crop, a list of "
+                "crops, or an (N, H, W, C) array"
+            )
+        if crops.ndim < 2:
+            raise InputError(f"{what}: expected a list of crops (numpy arrays), got {crops.shape}")
+    if crops is None or isinstance(crops, (str, bytes)):
+        raise InputError(f"{what}: expected a list of crops (numpy arrays)")
+    try:
+        return list(crops)
+    except TypeError:
+        raise InputError(f"{what}: expected a list of crops, got {type(crops).__name__}") from None
+
+
 def preprocess(crops: Sequence[object] | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Face crops -> float32 (N, C, S, S) network input."""
-    if (
-        isinstance(crops, np.ndarray)
-        and crops.ndim in (2, 3)
-        and not (crops.ndim == 3 and crops.shape[2] > 4)
-    ):
-        crops = [crops]  # a single crop passed bare
-    crops = list(crops)
+    crops = crop_list(crops)
     if not crops:
         return np.zeros((0, spec.channels, spec.size, spec.size), np.float32)
     return normalize(np.stack([resize_face(c, spec) for c in crops]), spec)

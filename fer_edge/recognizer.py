@@ -28,10 +28,14 @@ from .align import align_faces
 from .bundle import Bundle, load_bundle, resolve
 from .calibration import softmax
 from .detect import Detection, FaceDetector, load_detector
-from .errors import InputError
-from .preprocess import as_uint8_image, normalize, resize_face
+from .errors import InputError, RuntimeBackendError
+from .preprocess import as_uint8_image, crop_list, normalize, resize_face
 from .runtimes import load_runtime
 from .track import IouTracker
+
+# Faces per runtime call: a runtime's memory grows with the batch (ONNX Runtime's arena keeps the
+# largest), so 20,000 crops passed at once run as 20,000 / BATCH calls, not one.
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,24 @@ class Recognizer:
         align: bool = True,
         max_faces: int = 64,
     ):
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads is not None and (
+            not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1
+        ):
             raise InputError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-        if max_faces < 1:
-            raise InputError(f"max_faces must be >= 1, got {max_faces}")
+        if not isinstance(max_faces, int) or isinstance(max_faces, bool) or max_faces < 1:
+            raise InputError(f"max_faces must be a positive integer, got {max_faces!r}")
+        if (
+            not isinstance(smoothing, (int, float))
+            or isinstance(smoothing, bool)
+            or not 0 <= smoothing < 1
+        ):
+            raise InputError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+        if not isinstance(model, (str, os.PathLike, Bundle)):
+            raise InputError(
+                f"model must be a bundle folder, a Bundle or 'default', got {type(model).__name__}"
+            )
+        if not isinstance(backend, str):
+            raise InputError(f"backend must be a string, got {type(backend).__name__}")
         self.bundle = (
             model if isinstance(model, Bundle) else load_bundle(resolve(model, backend=backend))
         )
@@ -200,7 +218,17 @@ class Recognizer:
         k = self.bundle.num_classes
         if len(crops) == 0:
             return np.zeros((0, k), np.float32), None
-        out = self.runtime.run(normalize(crops, self.spec))
+        out = np.concatenate(
+            [
+                self.runtime.run(normalize(crops[i : i + BATCH], self.spec))
+                for i in range(0, len(crops), BATCH)
+            ]
+        )
+        if not np.isfinite(out).all():  # softmax would turn inf into NaN scores
+            raise RuntimeBackendError(
+                f"{self.bundle.graph.name} gave non-finite scores (inf or NaN); the model is "
+                "broken: check it with fer-edge verify, or export it again"
+            )
         va = out[:, k : k + 2] if out.shape[1] == k + 2 else None
         # the bundle's fitted temperature (1 when it has none) turns logits into probabilities
         return softmax(out[:, :k], self.bundle.temperature), va
@@ -253,28 +281,18 @@ class Recognizer:
         return self._results([d.box for d in dets], probs, va, dets)
 
     def classify(self, faces: Sequence[object] | np.ndarray) -> list[FaceResult]:
-        """Classify face crops (gray or BGR, any size) without detection, in one batch."""
-        if (
-            isinstance(faces, np.ndarray)
-            and faces.ndim in (2, 3)
-            and not (faces.ndim == 3 and faces.shape[2] > 4)
-        ):
-            faces = [faces]  # one crop passed bare
-        if (
-            faces is None
-            or isinstance(faces, (str, bytes))
-            or (isinstance(faces, np.ndarray) and faces.ndim < 2)
-        ):
-            raise InputError("classify() takes a list of face crops (numpy arrays)")
-        try:
-            faces = list(faces)
-        except TypeError:
-            raise InputError(
-                f"classify() takes a list of face crops, got {type(faces).__name__}"
-            ) from None
+        """Classify face crops (gray or BGR, any size) without detection, in batches of at most
+        :data:`BATCH` faces (so memory stays bounded however many are passed)."""
+        faces = crop_list(faces, "classify()")
         if not faces:
             return []
-        crops = np.stack([resize_face(f, self.spec) for f in faces])
-        probs, va = self.infer(crops)
+        probs, va = [], []
+        for start in range(0, len(faces), BATCH):
+            chunk = faces[start : start + BATCH]
+            p, v = self.infer(np.stack([resize_face(f, self.spec) for f in chunk]))
+            probs.append(p)
+            va.append(v)
         boxes = [(0.0, 0.0, float(f.shape[1]), float(f.shape[0])) for f in faces]
-        return self._results(boxes, probs, va, None)
+        return self._results(
+            boxes, np.concatenate(probs), None if va[0] is None else np.concatenate(va), None
+        )

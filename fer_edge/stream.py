@@ -65,6 +65,10 @@ def source_kind(source: int | str | os.PathLike) -> str:
         raise InputError(
             f"{str(path)!r} does not exist (pass a camera index, video, image or folder)"
         )
+    if not path.is_file():
+        # A FIFO, socket or device named clip.mp4: OpenCV's open would block forever (in C,
+        # where Ctrl-C cannot reach it) or read without end.
+        raise InputError(f"{path.name} is not a regular file (a FIFO or a device?)")
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
         return "image"

@@ -56,6 +56,18 @@ class Runtime(ABC):
             2 if self.bundle.meta["model"].get("valence_arousal") else 0
         )
 
+    def _check_output(self, out: object, n: int) -> np.ndarray:
+        """The graph's first output as (n, num_outputs) float32 logits: (N, K) or (N, K, 1, 1);
+        RuntimeBackendError for any other shape (a rank-1 or fully convolutional output)."""
+        out = np.asarray(out)
+        want = (n, self.num_outputs)
+        if out.ndim < 1 or out.shape[0] != n or out.size != n * self.num_outputs:
+            raise RuntimeBackendError(
+                f"{self.name}: {self.bundle.graph.name} gave an output of shape {out.shape} for "
+                f"{n} faces; a classifier bundle's graph must output (N, {self.num_outputs})"
+            )
+        return out.reshape(want).astype(np.float32, copy=False)
+
     def _check_num_classes(self, outputs: object) -> None:
         """Refuse a bundle whose label list does not match the graph's output size
         (``outputs`` may be a symbolic dimension name, which is not checked)."""
@@ -79,7 +91,7 @@ class GraphRuntime(Runtime):
             return np.zeros((0, self.num_outputs), np.float32)
         if self._nhwc:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return self.graph(x)[0].reshape(len(x), -1)
+        return self._check_output(self.graph(x)[0], len(x))
 
 
 def _installed(imports: tuple[str, ...]) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +32,25 @@ class OnnxRuntime(Runtime):
         available = set(ort.get_available_providers())
         providers = [p for p in PREFERRED_PROVIDERS if p in available]
         try:
-            self.session = ort.InferenceSession(str(bundle.graph), opts, providers=providers)
+            # From bytes, not the path: ONNX Runtime then opens no other file (an external-data
+            # file a bundle does not list and hash). Its provider fallback prints an "EP Error"
+            # banner with print(); stdout carries results (--json), so that goes to stderr.
+            graph = bundle.graph.read_bytes()
+            with contextlib.redirect_stdout(sys.stderr):
+                self.session = ort.InferenceSession(graph, opts, providers=providers)
+            self.session.disable_fallback()  # run() would print the same banner
+            # names and shapes are decoded here: a name that is not UTF-8 fails now
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            self._input = inputs[0].name if inputs else None
+            self._output = outputs[0].name if outputs else None
+        except OSError as e:
+            raise RuntimeBackendError(f"cannot read {bundle.graph}: {e.strerror or e}") from None
         except Exception as e:  # onnxruntime raises its own untyped errors for bad graphs
             raise RuntimeBackendError(
                 f"onnxruntime cannot load {bundle.graph.name}: {backend_reason(e)}; {ADVICE}"
             ) from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
-        self._input = inputs[0].name
-        self._output = outputs[0].name
         spec = bundle.preprocess
         want, got = (spec.channels, spec.size, spec.size), tuple(inputs[0].shape or ())[1:]
         # Symbolic (str) or unknown dims accept anything; fixed ones must match the preprocessing.
@@ -50,18 +61,35 @@ class OnnxRuntime(Runtime):
                 f"{bundle.graph.name}: input shape {inputs[0].shape} does not match the bundle's "
                 f"preprocess (N x {want[0]} x {want[1]} x {want[2]})"
             )
-        self._check_num_classes(outputs[0].shape[-1] if outputs[0].shape else None)
+        out_shape = tuple(outputs[0].shape or ())
+        if len(out_shape) not in (2, 4) or (len(out_shape) == 4 and out_shape[2:] != (1, 1)):
+            raise RuntimeBackendError(
+                f"{bundle.graph.name}: output shape {list(out_shape)} is not (N, scores); a "
+                "classifier bundle's graph must output one row of scores per face"
+            )
+        self._check_num_classes(out_shape[1])
+        # A graph exported with a fixed batch of 1 runs one face at a time.
+        self._one_at_a_time = inputs[0].shape[0] == 1
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = self._check_batch(batch)
         if len(x) == 0:
             return np.zeros((0, self.num_outputs), np.float32)
         try:
-            return self.session.run([self._output], {self._input: x})[0]
+            if self._one_at_a_time:
+                out = np.concatenate(
+                    [
+                        self.session.run([self._output], {self._input: x[i : i + 1]})[0]
+                        for i in range(len(x))
+                    ]
+                )
+            else:
+                out = self.session.run([self._output], {self._input: x})[0]
         except Exception as e:  # onnxruntime's own error types, e.g. a graph that fails to run
             raise RuntimeBackendError(
                 f"onnxruntime failed on {self.bundle.graph.name}: {backend_reason(e)}"
             ) from None
+        return self._check_output(out, len(x))
 
 
 class OnnxGraph:

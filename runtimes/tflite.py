@@ -90,6 +90,25 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * (scale or 1.0)).astype(np.float32)
 
 
+# The most memory a graph's tensors may declare, summed over every tensor at the batch the file
+# declares (the interpreter's arena reuses memory, so it allocates at most this). Checked before
+# allocate_tensors: a 64 KB file declaring one 2^31-element tensor used to allocate 8 GB. The
+# shipped classifier declares 0.45 MB, the BlazeFace detectors a few MB.
+MAX_TENSOR_BYTES = 256 << 20
+
+
+def declared_tensor_bytes(interpreter) -> int:
+    """Bytes the interpreter's tensors declare (shapes are read from the file; nothing is
+    allocated yet)."""
+    total = 0
+    for t in interpreter.get_tensor_details():
+        n = 1
+        for d in t["shape"]:
+            n *= max(int(d), 1)
+        total += n * np.dtype(t["dtype"]).itemsize
+    return total
+
+
 class TfliteGraph:
     """One ``.tflite`` file: ``graph(x)`` runs a float batch in the graph's own input layout and
     returns every output as float32, batch first. Used for classifier bundles and the face
@@ -112,6 +131,13 @@ class TfliteGraph:
         try:
             with _no_xnnpack_banner():
                 self._it = self._new_interpreter()
+                declared = declared_tensor_bytes(self._it)
+                if declared > MAX_TENSOR_BYTES:
+                    raise RuntimeBackendError(
+                        f"{path.name} declares {declared / 2**20:.0f} MB of tensors, more than "
+                        f"the {MAX_TENSOR_BYTES >> 20} MB a model may take; refused before "
+                        "allocating"
+                    )
                 self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise RuntimeBackendError(
