@@ -118,7 +118,7 @@ class OpenVinoGraph:
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         try:
-            model = core.read_model(str(path))
+            model = self._read(ov, core, path)
             if len(model.inputs) != 1:
                 raise RuntimeBackendError(
                     f"{path.name}: expected one input, got {len(model.inputs)}"
@@ -126,7 +126,7 @@ class OpenVinoGraph:
             per_face = self._fitting_shape(ov, model, input_shapes)
             self._loop = not self._make_batch_dynamic(ov, model, per_face)
             if self._loop:  # the graph fixes its batch inside (a constant reshape)
-                model = core.read_model(str(path))
+                model = self._read(ov, core, path)
                 if per_face is not None:
                     model.reshape({model.inputs[0]: ov.PartialShape([1, *per_face])})
             self._compiled = core.compile_model(model, "CPU", config)
@@ -154,6 +154,18 @@ class OpenVinoGraph:
         ]
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: serialise callers
+
+    @staticmethod
+    def _read(ov, core, path: Path):
+        """Read the model from bytes fer-edge opened itself: IR as the ``.xml`` and the ``.bin``
+        beside it (which a bundle must list and hash), ONNX as the one file, so OpenVINO opens
+        no other file (an ONNX external-data file nobody hashed). TFLite is one flatbuffer."""
+        if path.suffix == ".xml":
+            weights = np.fromfile(path.with_suffix(".bin"), dtype=np.uint8)
+            return core.read_model(path.read_bytes(), ov.Tensor(weights))
+        if path.suffix == ".onnx":
+            return core.read_model(path.read_bytes())
+        return core.read_model(str(path))
 
     @staticmethod
     def _fitting_shape(ov, model, candidates) -> tuple[int, ...] | None:

@@ -275,10 +275,12 @@ def test_openvino_weights_are_listed_hashed_and_confined(tmp_path, case):
     assert main(["verify", str(root)]) == 2
 
 
-def test_onnx_runtime_opens_no_file_the_bundle_does_not_list(tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_runtime_opens_no_file_the_bundle_does_not_list(tmp_path, backend):
     """An ONNX graph whose weights live in an external-data file that is not in ``files``:
     the runtime gets the verified bytes only, so it cannot read the unlisted file."""
     onnx = pytest.importorskip("onnx")
+    pytest.importorskip(backend)
     src = tmp_path / "src"
     src.mkdir()
     graph = onnx.load(str(make_bundle(tmp_path / "m", "onnx").graph))
@@ -293,7 +295,7 @@ def test_onnx_runtime_opens_no_file_the_bundle_does_not_list(tmp_path):
     )
     shutil.copy(src / "weights.data", b.root / "weights.data")  # there, but not listed
     with pytest.raises(RuntimeBackendError):
-        Recognizer(b.root, backend="onnxruntime", detector=None)
+        Recognizer(b.root, backend=backend, detector=None)
 
 
 def _small_bundle(root: Path, tag: bytes) -> None:
