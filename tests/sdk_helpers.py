@@ -141,6 +141,18 @@ def tflite_classifier(
     return path
 
 
+def wrap_onnx(dest: Path, graph: Path | bytes) -> Path:
+    """A bundle folder ``dest`` around one ONNX graph (a path or its bytes) with the FER labels
+    and default preprocessing; returns the folder."""
+    return save_bundle(
+        dest,
+        {"model.onnx": graph},
+        labels=FER_LABELS,
+        preprocess=PreprocessSpec(),
+        model={"format": "onnx", "file": "model.onnx"},
+    ).root
+
+
 def make_bundle(
     root: Path,
     fmt: str = "onnx",

@@ -17,11 +17,7 @@ from fer_edge import Recognizer
 from fer_edge.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sdk_helpers import onnx_classifier  # noqa: E402
-
-from fer_edge.bundle import save_bundle  # noqa: E402
-from fer_edge.labels import FER_LABELS  # noqa: E402
-from fer_edge.preprocess import PreprocessSpec  # noqa: E402
+from sdk_helpers import onnx_classifier, wrap_onnx  # noqa: E402
 
 
 @pytest.fixture
@@ -41,14 +37,7 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def onnx_bundle(tmp_path):
-    graph = onnx_classifier(tmp_path / "g.onnx")
-    return save_bundle(
-        tmp_path / "bundle",
-        {"model.onnx": graph},
-        labels=FER_LABELS,
-        preprocess=PreprocessSpec(),
-        model={"format": "onnx", "file": "model.onnx"},
-    ).root
+    return wrap_onnx(tmp_path / "bundle", onnx_classifier(tmp_path / "g.onnx"))
 
 
 def test_sdk_opens_no_connection(no_network, media_root, capsys, tmp_path):

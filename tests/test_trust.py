@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sdk_helpers import make_bundle, reference, weights
+from sdk_helpers import make_bundle, reference, weights, wrap_onnx
 
 from fer_edge import Recognizer, atomic
-from fer_edge.bundle import default_bundle_path, load_bundle, save_bundle, seal
+from fer_edge.bundle import default_bundle_path, load_bundle, seal
 from fer_edge.cli import main
 from fer_edge.data import IMAGE_FORMATS, MAX_DECODED_BYTES, load_dataset, read_image
 from fer_edge.errors import BundleError, BusyError, DatasetError, InputError, RuntimeBackendError
@@ -286,26 +286,14 @@ def test_a_runtime_opens_no_file_the_bundle_does_not_list(tmp_path, backend):
     graph = onnx.load(str(make_bundle(tmp_path / "m", "onnx").graph))
     onnx.save_model(graph, str(src / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.data", size_threshold=0)  # fmt: skip
-    b = save_bundle(
-        tmp_path / "b",
-        {"model.onnx": src / "model.onnx"},
-        labels=FER_LABELS,
-        preprocess=PreprocessSpec(),
-        model={"format": "onnx", "file": "model.onnx"},
-    )
-    shutil.copy(src / "weights.data", b.root / "weights.data")  # there, but not listed
+    root = wrap_onnx(tmp_path / "b", src / "model.onnx")
+    shutil.copy(src / "weights.data", root / "weights.data")  # there, but not listed
     with pytest.raises(RuntimeBackendError):
-        Recognizer(b.root, backend=backend, detector=None)
+        Recognizer(root, backend=backend, detector=None)
 
 
 def _small_bundle(root: Path, tag: bytes) -> None:
-    save_bundle(
-        root,
-        {"model.onnx": tag * 64},
-        labels=FER_LABELS,
-        preprocess=PreprocessSpec(),
-        model={"format": "onnx", "file": "model.onnx"},
-    )
+    wrap_onnx(root, tag * 64)
 
 
 def test_a_replaced_bundle_never_disappears(tmp_path):
@@ -499,13 +487,7 @@ def _onnx(path: Path, out_shape, in_shape=("n", 1, 48, 48), tail=(), bias=None) 
 
 
 def _bundle_of(tmp_path: Path, graph: Path) -> Path:
-    return save_bundle(
-        tmp_path / "b",
-        {"model.onnx": graph},
-        labels=FER_LABELS,
-        preprocess=PreprocessSpec(),
-        model={"format": "onnx", "file": "model.onnx"},
-    ).root
+    return wrap_onnx(tmp_path / "b", graph)
 
 
 def test_an_onnx_graph_with_a_rank_1_output_is_refused_at_load(tmp_path):
