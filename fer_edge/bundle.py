@@ -225,8 +225,8 @@ def check_manifest(meta: dict, where: object = "model.json") -> str:
     recorded = integrity.get("manifest") if isinstance(integrity, dict) else None
     if not isinstance(recorded, str):
         raise BundleError(
-            f"{where} has no integrity.manifest hash (written by fer-edge before 0.1.1, or "
-            "edited): save the bundle again with this fer-edge"
+            f"{where} has no integrity.manifest hash (written by an older fer-edge, or edited); "
+            "if you trust it, add one with: fer-edge verify --reseal BUNDLE"
         )
     if manifest_digest(meta) != recorded:
         raise BundleError(
@@ -236,8 +236,10 @@ def check_manifest(meta: dict, where: object = "model.json") -> str:
     return recorded
 
 
-def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Load and verify a bundle folder (or its model.json)."""
+def load_bundle(path: str | os.PathLike, verify: bool = True, legacy: bool = False) -> Bundle:
+    """Load and verify a bundle folder (or its model.json). ``legacy``: accept a model.json
+    without a manifest hash (written before there was one; its files are still checked), for
+    :func:`reseal`."""
     root = Path(path)
     if root.name == "model.json":
         root = root.parent
@@ -262,7 +264,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
         raise BundleError(f"{meta_path} cannot be read: permission denied") from None
     meta = parse_meta(text, meta_path)
     validate_meta(meta)
-    if verify:
+    if verify and not (legacy and "integrity" not in meta):
         check_manifest(meta, meta_path)
     for rel, digest in meta["files"].items():
         full = _confined(root, rel)
@@ -353,6 +355,14 @@ def record_temperature(path: str | os.PathLike, temperature: float, stats: dict)
         "metrics": {**b.meta.get("metrics", {}), "calibration": stats},
     }
     _rewrite_meta(b.root, meta)
+
+
+def reseal(path: str | os.PathLike) -> Bundle:
+    """Give a bundle written before manifests existed its manifest hash, after checking every
+    file's sha256 (what such a bundle could promise). A bundle with a manifest must match it."""
+    b = load_bundle(path, legacy=True)
+    atomic.write_text(b.root / "model.json", json.dumps(seal(b.meta), indent=2) + "\n")
+    return load_bundle(b.root)
 
 
 # The shipped defaults: INT8 for TFLite and OpenVINO, FP32 ONNX for installs with neither.

@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from .bundle import load_bundle, resolve
+from .bundle import load_bundle, reseal, resolve
 from .errors import BundleError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle folder, its model.json, or 'default'")
     p.add_argument("--json", action="store_true", help="print the verified model.json")
+    p.add_argument(
+        "--reseal",
+        action="store_true",
+        help="give a bundle written by an older fer-edge (no manifest) its manifest hash, after "
+        "checking every file's sha256",
+    )
     p.add_argument(
         "--expect",
         metavar="SHA256",
@@ -23,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    b = load_bundle(resolve(args.bundle))
+    b = reseal(resolve(args.bundle)) if args.reseal else load_bundle(resolve(args.bundle))
     manifest = b.meta["integrity"]["manifest"]
     if args.expect is not None and args.expect.strip().lower() != manifest:
         raise BundleError(

@@ -252,6 +252,18 @@ def test_verify_prints_the_manifest_and_checks_an_expected_one(onnx_default, cap
     assert "expected" in capsys.readouterr().err
 
 
+def test_a_bundle_from_before_manifests_is_refused_until_resealed(onnx_default, capsys):
+    meta = _meta(onnx_default)
+    del meta["integrity"]
+    (onnx_default / "model.json").write_text(json.dumps(meta))
+    assert main(["verify", str(onnx_default)]) == 2
+    assert "--reseal" in capsys.readouterr().err
+    assert main(["verify", "--reseal", str(onnx_default)]) == 0
+    assert load_bundle(onnx_default).meta["integrity"] == seal(meta)["integrity"]
+    (onnx_default / "model.onnx").write_bytes(b"changed")  # the files are still checked
+    assert main(["verify", "--reseal", str(onnx_default)]) == 2
+
+
 @pytest.mark.parametrize("case", ["unlisted", "symlink"])
 def test_openvino_weights_are_listed_hashed_and_confined(tmp_path, case):
     pytest.importorskip("openvino")
