@@ -6,7 +6,7 @@
 ...     print(face.box, face.label, face.score, face.scores["happy"])
 >>> rec.classify([crop1, crop2])            # face crops, no detection
 
-All faces of a frame are classified in one batch.
+All faces of a frame are classified in one batch (at most :data:`BATCH` per runtime call).
 
 Threads: a Recognizer that does not track may be shared by any number of threads (results are
 the same as sequential calls; the runtimes serialise what is not thread-safe). A tracking
@@ -214,7 +214,7 @@ class Recognizer:
 
     def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, S, S, C) crops -> probabilities (N, K) and valence/arousal (N, 2) or None,
-        in one batch."""
+        in runtime calls of at most :data:`BATCH` faces."""
         k = self.bundle.num_classes
         if len(crops) == 0:
             return np.zeros((0, k), np.float32), None
