@@ -27,6 +27,7 @@ from fer_edge import atomic
 from fer_edge.errors import CheckpointError, InputError
 from fer_edge.plots import pyplot, save
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -195,8 +196,10 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.out):
                 pass
-            # Two runs with the same --out would overwrite each other's last.pt and best/.
-            atomic.lock_folder(self.out, "run folder")
+            # Two runs with the same --out would overwrite each other's last.pt and best/. The
+            # ranks of one distributed run share it: the first rank holds the lock for all.
+            if distributed.rank() == 0:
+                atomic.lock_folder(self.out, "run folder")
         except OSError as e:
             raise InputError(
                 f"cannot write to the run folder {self.out}: {e.strerror or e}"
