@@ -15,7 +15,9 @@ shapes, which fails on some CPUs.
 
 from __future__ import annotations
 
+import logging
 import os
+import platform
 import sys
 import threading
 from pathlib import Path
@@ -66,6 +68,10 @@ ADVICE = (
     "run it with another backend (backend='tflite' or 'onnxruntime'; fer-edge --backend), or "
     "export it again with fer-edge export --target openvino"
 )
+
+
+log = logging.getLogger("fer_edge.runtimes")
+INT8_KERNELS = {"u8", "i8"}
 
 
 def bundle_hints(bundle: Bundle) -> dict[str, str]:
@@ -259,6 +265,28 @@ class OpenVinoRuntime(GraphRuntime):
                 f"bundle's preprocess ({spec.channels} x {spec.size} x {spec.size})"
             )
         self._check_num_classes(self.graph.output_shapes[0][-1])
+        self.int8_convolutions = self._check_int8()
+
+    def _check_int8(self) -> bool | None:
+        """For an INT8 bundle: whether the CPU plugin runs its convolutions in int8 here. On x86
+        it does; on aarch64 (OpenVINO's ARM CPU plugin, 2026.4) the convolutions run in f32
+        between decomposed FakeQuantize ops, and the scores are no longer those of the INT8
+        model the export measured (92% top-1 agreement with x86 on 300 FER-2013 faces,
+        docs/results/arm64.json): said once per load, on the ``fer_edge.runtimes`` logger."""
+        if self.bundle.precision != "int8":
+            return None
+        convs = self.graph.layer_precisions().get("Convolution", set())
+        if not convs or convs <= INT8_KERNELS:
+            return True
+        log.warning(
+            "OpenVINO runs the INT8 graph %s with its convolutions in %s on this CPU (%s), not "
+            "in int8: its scores differ from the exported INT8 model's; run INT8 bundles with "
+            "the tflite backend here, or the FP32 bundle (model='default' does on aarch64)",
+            self.bundle.graph.name,
+            "/".join(sorted(convs)),
+            platform.machine(),
+        )
+        return False
 
 
 def load(bundle: Bundle, num_threads: int | None = None) -> OpenVinoRuntime:
