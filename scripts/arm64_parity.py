@@ -187,6 +187,14 @@ def compare_predict(ref_lines: list[dict], other_lines: list[dict]) -> dict:
     return out
 
 
+def read_tsv(path: Path) -> dict[str, float]:
+    """stage<TAB>seconds lines -> {stage: seconds} (the last line of a stage wins)."""
+    if not path.exists():
+        return {}
+    rows = (line.split("\t") for line in path.read_text().splitlines() if "\t" in line)
+    return {stage: float(sec) for stage, sec in rows}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
@@ -241,14 +249,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         parity[other["qemu_cpu"]] = compare(ref, other) | {"fer_edge_from": other["fer_edge_from"]}
     out_path = Path(args.out)
     old = json.loads(out_path.read_text()) if out_path.exists() else {}
-    times = {}
-    for line in (run / "times.tsv").read_text().splitlines():
-        stage, seconds = line.split("\t")
-        times[stage] = float(seconds)
-    total_s = round(sum(times.values()), 1)
+    times = read_tsv(run / "times.tsv")
     cold = (run / "cold").exists()
-    runs = dict(old.get("run_times_s", {})) if not cold else {}
-    runs["first_run" if cold else "second_run"] = {"total": total_s, "stages": times}
+    runs = {} if cold else dict(old.get("run_times_s", {}))
+    if cold:  # the cache was (partly) built in this run: stages of earlier tries count too
+        stages = read_tsv(run / "build_times.tsv") | times
+        runs["first_run"] = {"total": round(sum(stages.values()), 1), "stages": stages}
+    else:
+        runs["second_run"] = {"total": round(sum(times.values()), 1), "stages": times}
     report = {
         "what": "fer-edge on aarch64 by user-mode emulation (qemu-aarch64-static in a Debian "
         "arm64 chroot) vs x86_64, same wheel, same faces; timings are emulated, not device figures",
@@ -296,10 +304,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     else:
         report["tests"] = {"run": 0, "note": "skipped (--quick or --no-tests)"}
     if (run / "bench.json").exists():
-        bench = read_jsonl(run / "bench.json")
+        text = (run / "bench.json").read_text()  # one (indented) JSON object after any log lines
+        start = text.find("{")
         report["bench_emulated"] = {
             "note": "under qemu user-mode emulation on x86: NOT a device figure",
-            "result": bench[-1] if bench else None,
+            "result": json.loads(text[start:]) if start >= 0 else None,
         }
     report["run_times_s"] = runs
     out_path.parent.mkdir(parents=True, exist_ok=True)
