@@ -259,14 +259,14 @@ stage_end copy
 # the README's command (run.sh) as it is, then `predict --json` on a folder of the sample photos
 rm -rf "$CACHE/photos" "$ROOT/opt/fer/photos"
 mkdir -p "$CACHE/photos"
-cp "$REPO/examples/media/solvay_conference.jpg" "$CACHE/photos/"
-for p in portrait.jpg group_selfie.jpg grace_hopper.jpg astronaut.png no-faces.jpg; do
+find "$REPO/examples/media" -maxdepth 1 -type f \( -name '*.jpg' -o -name '*.png' \) -exec cp {} "$CACHE/photos/" \;
+for p in portrait.jpg group_selfie.jpg solvay_conference.jpg grace_hopper.jpg astronaut.png no-faces.jpg; do
   [ -f "$SHARED/data/media/$p" ] && cp "$SHARED/data/media/$p" "$CACHE/photos/"
 done
 cp -r "$CACHE/photos" "$ROOT/opt/fer/photos"
 stage_start "fer-edge predict on the sample photos (x86, then emulated aarch64)"
 "$X86/bin/fer-edge" predict "$CACHE/photos" --json > "$RUN/predict_x86_64.jsonl" 2> "$RUN/predict_x86_64.err"
-in_root cortex-a72 "cd /work/fer-edge && timeout 1200 fer-edge predict examples/media/solvay_conference.jpg --annotate /tmp/solvay_annotated.png && timeout 1200 fer-edge predict /opt/fer/photos --json > /opt/fer/predict.jsonl" \
+in_root cortex-a72 "cd /work/fer-edge && timeout 1200 fer-edge predict examples/media --annotate /tmp/sample_annotated && timeout 1200 fer-edge predict /opt/fer/photos --json > /opt/fer/predict.jsonl" \
   > "$RUN/predict_aarch64.out" 2>&1
 mv "$ROOT/opt/fer/predict.jsonl" "$RUN/predict_aarch64.jsonl"
 stage_end predict
