@@ -192,7 +192,10 @@ rm -f "$ROOT"/opt/fer/*.whl
 cp "$WHEEL" "$REPO/constraints.txt" "$ROOT/opt/fer/"
 AWHEEL="/opt/fer/$(basename "$WHEEL")"
 TEST_DEPS="pytest pytest-timeout hypothesis onnx"
-DEPS_KEY="$( (cat "$REPO/pyproject.toml" "$REPO/constraints.txt"; echo "$TEST_DEPS") | sha256sum | cut -c1-16)"
+# the venvs are rebuilt only when what they install changes: the project's dependencies and
+# extras (not the rest of pyproject.toml), constraints.txt or the test packages
+DEPS="$("$HOST_PY" -c 'import json, sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(json.dumps([p["dependencies"], p["optional-dependencies"]], sort_keys=True))' "$REPO/pyproject.toml")"
+DEPS_KEY="$( (echo "$DEPS"; cat "$REPO/constraints.txt"; echo "$TEST_DEPS") | sha256sum | cut -c1-16)"
 
 if [ "$(cat "$ROOT/opt/venv/.fer-edge-deps" 2>/dev/null || true)" != "$DEPS_KEY" ]; then
   stage_start "aarch64 venv with fer-edge[tflite,openvino] (first run, or constraints changed)"
