@@ -426,8 +426,8 @@ def test_hostile_model_json_is_a_bundle_error(onnx_default, edit, capsys):
 def test_unreadable_bundle_and_dataset_files_are_typed_errors(
     onnx_default, small_fer_dir, tmp_path
 ):
-    """Permission denied. Root reads everything, so the check runs as user 'nobody' (when this
-    is root) in a folder it can enter, with the files made unreadable."""
+    """Permission denied: the files made unreadable, read by a child process that (when this is
+    root) has lost root's power to read them anyway."""
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"perm-{os.getpid()}"
     work.mkdir(mode=0o755)
     try:
@@ -449,10 +449,14 @@ for call in (lambda: load_bundle({str(bundle)!r}), lambda: load_dataset({str(dat
     except FerEdgeError as e:
         print(type(e).__name__, "permission denied" in str(e).lower())
 """
-        user = {"user": 65534} if os.geteuid() == 0 else {}
+        # Root reads anything through CAP_DAC_OVERRIDE: drop it (and DAC_READ_SEARCH) from the
+        # child's bounding set instead of switching user, since another user may not even
+        # reach the interpreter (a venv's python links into root's home).
+        drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        prefix = drop if os.geteuid() == 0 else []
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-            env={**os.environ, "FER_EDGE_CACHE": str(work / "cache")}, **user,
+            [*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "FER_EDGE_CACHE": str(work / "cache")},
         )  # fmt: skip
         assert proc.stdout.split("\n")[:3] == [
             "BundleError True",
