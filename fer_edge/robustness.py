@@ -37,8 +37,8 @@ import numpy as np
 
 from .errors import InputError
 
-# uint8 face crops (N, H, W, C) -> probabilities (N, 7) in fer_edge.labels.FER_LABELS order
-Classifier = Callable[[np.ndarray], np.ndarray]
+# uint8 face crops (any size each) -> probabilities (N, K) in the labels' order
+Classifier = Callable[[list[np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(
-    classifiers: dict[str, Callable[[list[np.ndarray]], np.ndarray]],
+    classifiers: dict[str, Classifier],
     faces: np.ndarray,
     labels: np.ndarray,
     shifts: list[Shift] | None = None,
@@ -199,7 +199,6 @@ def measure(
         raise InputError(f"robustness needs labelled faces, got {len(faces)} faces")
     shifts = standard_shifts() if shifts is None else shifts
     clean = list(faces)
-    report: dict = {"faces": len(faces), "models": {}}
     rows = {
         name: {"clean": _accuracy(fn(clean), labels), "shifts": {}}
         for name, fn in classifiers.items()
@@ -217,8 +216,7 @@ def measure(
         worst = min(levels) if levels else (row["clean"], None, None)
         row["worst"] = {"accuracy": worst[0], "shift": worst[1], "level": worst[2]}
         row["worst_drop_points"] = 100 * (row["clean"] - worst[0])
-    report["models"] = rows
-    return report
+    return {"faces": len(faces), "models": rows}
 
 
 def plot(report: dict, path) -> None:
