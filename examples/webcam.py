@@ -31,6 +31,7 @@ import cv2
 
 from fer_edge import FerEdgeError, InputError, Recognizer
 from fer_edge.draw import draw_faces
+from fer_edge.formats import BACKEND_CHOICES
 from fer_edge.serve import LiveView, parse_address
 from fer_edge.stream import FrameSource, stream
 
@@ -46,9 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--source", help="camera index, video file, image or folder (camera 0 when not given)"
     )
     p.add_argument("--model", default="default", help="model bundle folder, or 'default'")
-    p.add_argument(
-        "--backend", default="auto", choices=["auto", "tflite", "openvino", "onnxruntime"]
-    )
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument(
         "--detector",
         default="auto",

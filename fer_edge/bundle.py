@@ -29,11 +29,11 @@ from pathlib import Path
 from . import atomic
 from .calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .errors import BundleError, InputError
+from .formats import AUTO_ORDER, FORMAT_SUFFIX, GRAPH_FORMATS, available_backends
 from .preprocess import PreprocessSpec
 
 SCHEMA = "fer-edge/bundle"
 SCHEMA_VERSION = 1
-FORMATS = {"pytorch": ".pt", "onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml"}
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_META_BYTES = 1 << 20
 # Nesting of model.json beyond this is refused before Python's recursion limit is reached.
@@ -191,8 +191,8 @@ def validate_meta(meta: object) -> None:
         if key in model and not isinstance(model[key], str):
             raise BundleError(f"model.json model.{key} must be a string, got {model[key]!r}")
     fmt = model.get("format")
-    if fmt not in FORMATS:
-        raise BundleError(f"model.json model.format {fmt!r} is not one of {sorted(FORMATS)}")
+    if fmt not in FORMAT_SUFFIX:
+        raise BundleError(f"model.json model.format {fmt!r} is not one of {sorted(FORMAT_SUFFIX)}")
     if model.get("precision", "fp32") not in PRECISIONS:
         raise BundleError(f"model.json model.precision must be one of {PRECISIONS}")
     t = model.get("temperature", 1.0)
@@ -398,8 +398,6 @@ def default_bundle_path(pytorch: bool = False, backend: str = "auto") -> Path:
     if pytorch:
         return models / "default_pytorch"
     if backend == "auto":
-        from .runtimes import AUTO_ORDER, available_backends
-
         installed = set(available_backends())
         candidates = [b for b in AUTO_ORDER if b in installed]
     else:
@@ -409,10 +407,6 @@ def default_bundle_path(pytorch: bool = False, backend: str = "auto") -> Path:
         if (p / "model.json").is_file():
             return p
     return models / "default"
-
-
-# Graph files a user may have from elsewhere, by suffix, and the bundle format they become.
-GRAPH_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 
 
 def wrap_graph(

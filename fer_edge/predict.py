@@ -31,6 +31,7 @@ import cv2
 
 from . import atomic
 from .errors import InputError
+from .formats import BACKEND_CHOICES
 from .stream import VIDEO_EXTS, FrameSource, source_kind
 
 # fourccs to try per video container, browser-playable first: H.264 (avc1) needs an OpenCV
@@ -53,9 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="default", help="model bundle folder, or a shipped name: default, ..."
     )
-    p.add_argument(
-        "--backend", default="auto", choices=["auto", "tflite", "openvino", "onnxruntime"]
-    )
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument(
         "--detector",
         default="auto",

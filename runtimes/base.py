@@ -1,29 +1,16 @@
-"""The runtime interface: a loaded bundle that maps a float32 NCHW batch to logits.
-
-Backends register here by module name and load lazily, so importing fer_edge never imports a
-runtime that is not used.
+"""The runtime interface: a loaded bundle that maps a float32 NCHW batch to logits, and the
+checks every backend makes of its graph's input and output against the bundle. The backends
+(:mod:`fer_edge.formats` lists them) implement it; :mod:`fer_edge.runtimes.loader` opens them.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 
 from fer_edge.bundle import Bundle
 from fer_edge.errors import BundleError, RuntimeBackendError
-
-# backend name -> (module in this package, the import it needs, bundle formats it runs)
-BACKENDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "onnxruntime": ("onnxruntime", ("onnxruntime",), ("onnx",)),
-    "openvino": ("openvino", ("openvino",), ("openvino", "onnx", "tflite")),
-    "tflite": ("tflite", ("ai_edge_litert", "tflite_runtime"), ("tflite",)),
-}
-# "auto" prefers, per bundle format, the fastest backend measured on x86 and Arm CPUs.
-AUTO_ORDER = ("tflite", "openvino", "onnxruntime")
 
 
 class Runtime(ABC):
@@ -68,6 +55,25 @@ class Runtime(ABC):
             )
         return out.reshape(want).astype(np.float32, copy=False)
 
+    def _input_layout(self, shape: tuple, layouts: tuple[str, ...] = ("nchw", "nhwc")) -> str:
+        """Which of ``layouts`` the graph's input ``shape`` (batch first) has for the bundle's
+        preprocessing. A dimension that is not a positive integer (symbolic, dynamic -1,
+        unknown) fits any size; RuntimeBackendError when no layout fits."""
+        spec = self.bundle.preprocess
+        c, s = spec.channels, spec.size
+        per_face = {"nchw": (c, s, s), "nhwc": (s, s, c)}
+        dims = tuple(shape)[1:]
+        for layout in layouts:
+            if len(dims) == 3 and all(
+                not (isinstance(d, int) and d > 0) or d == w
+                for d, w in zip(dims, per_face[layout], strict=True)
+            ):
+                return layout
+        raise RuntimeBackendError(
+            f"{self.bundle.graph.name}: input shape {list(shape)} does not match the bundle's "
+            f"preprocess ({c} x {s} x {s}, {' or '.join(layouts).upper()})"
+        )
+
     def _check_num_classes(self, outputs: object) -> None:
         """Refuse a bundle whose label list does not match the graph's output size
         (``outputs`` may be a symbolic dimension name, which is not checked)."""
@@ -92,76 +98,3 @@ class GraphRuntime(Runtime):
         if self._nhwc:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         return self._check_output(self.graph(x)[0], len(x))
-
-
-def _installed(imports: tuple[str, ...]) -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in imports)
-
-
-def open_tflite_graph(path, what: str, backend: str = "auto", num_threads: int | None = None):
-    """A raw ``.tflite`` graph (a detector's or landmarker's, not a bundle) on the tflite or the
-    openvino backend, or on onnxruntime when an ``.onnx`` conversion of it ships beside it (the
-    BlazeFace detectors do, so the base install runs them); ``what`` names the model in errors.
-    Returns a callable: NHWC float32 -> list of output arrays."""
-    path = Path(path)
-    onnx_path = path.with_suffix(".onnx")
-    runners = ("tflite", "openvino") + (("onnxruntime",) if onnx_path.is_file() else ())
-    if backend == "auto":
-        backend = next((n for n in runners if _installed(BACKENDS[n][1])), None)
-        if backend is None:
-            raise RuntimeBackendError(
-                f"the {what} needs the tflite or openvino backend (pip install 'fer-edge[tflite]')"
-            )
-    if backend == "tflite":
-        from .tflite import TfliteGraph
-
-        return TfliteGraph(path, num_threads)
-    if backend == "openvino":
-        from .openvino import OpenVinoGraph
-
-        return OpenVinoGraph(path, num_threads)
-    if backend == "onnxruntime" and "onnxruntime" in runners:
-        from .onnxruntime import OnnxGraph
-
-        return OnnxGraph(onnx_path, num_threads)
-    raise RuntimeBackendError(f"the {what} runs on {', '.join(runners)}, not {backend!r}")
-
-
-def available_backends() -> list[str]:
-    return [name for name, (_, imports, _) in BACKENDS.items() if _installed(imports)]
-
-
-def load_runtime(bundle: Bundle, backend: str = "auto", num_threads: int | None = None) -> Runtime:
-    """Open ``bundle`` with ``backend`` (or the best installed one for its format)."""
-    if backend == "auto":
-        for name in AUTO_ORDER:
-            _, imports, formats = BACKENDS[name]
-            if bundle.format in formats and _installed(imports):
-                backend = name
-                break
-        else:
-            options = [f"fer-edge[{n}]" for n in AUTO_ORDER if bundle.format in BACKENDS[n][2]]
-            if not options:  # pytorch bundles: for training tools, not the SDK
-                raise RuntimeBackendError(
-                    f"the SDK cannot run {bundle.format!r} bundles; export the model first "
-                    "(fer-edge export) to onnx, tflite or openvino"
-                )
-            raise RuntimeBackendError(
-                f"no installed backend runs {bundle.format!r} bundles; install one of: "
-                + ", ".join(options)
-            )
-    if backend not in BACKENDS:
-        raise RuntimeBackendError(
-            f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}"
-        )
-    module_name, imports, formats = BACKENDS[backend]
-    if bundle.format not in formats:
-        raise RuntimeBackendError(
-            f"backend {backend!r} cannot run {bundle.format!r} bundles (it runs {', '.join(formats)})"
-        )
-    if not _installed(imports):
-        raise RuntimeBackendError(
-            f"backend {backend!r} is not installed (needs the Python package {imports[0]!r})"
-        )
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    return module.load(bundle, num_threads=num_threads)

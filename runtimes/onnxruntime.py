@@ -51,16 +51,7 @@ class OnnxRuntime(Runtime):
             ) from None
         if len(inputs) != 1 or len(outputs) < 1:
             raise RuntimeBackendError(f"{bundle.graph.name}: expected one input, got {len(inputs)}")
-        spec = bundle.preprocess
-        want, got = (spec.channels, spec.size, spec.size), tuple(inputs[0].shape or ())[1:]
-        # Symbolic (str) or unknown dims accept anything; fixed ones must match the preprocessing.
-        if len(got) != 3 or any(
-            isinstance(g, int) and g > 0 and g != w for g, w in zip(got, want, strict=True)
-        ):
-            raise RuntimeBackendError(
-                f"{bundle.graph.name}: input shape {inputs[0].shape} does not match the bundle's "
-                f"preprocess (N x {want[0]} x {want[1]} x {want[2]})"
-            )
+        self._input_layout(tuple(inputs[0].shape or ()), layouts=("nchw",))
         out_shape = tuple(outputs[0].shape or ())
         if len(out_shape) not in (2, 4) or (len(out_shape) == 4 and out_shape[2:] != (1, 1)):
             raise RuntimeBackendError(

@@ -250,20 +250,7 @@ class OpenVinoRuntime(GraphRuntime):
         nchw, nhwc = (spec.channels, spec.size, spec.size), (spec.size, spec.size, spec.channels)
         self.hints = bundle_hints(bundle) if hints is None else hints
         self.graph = OpenVinoGraph(bundle.graph, num_threads, self.hints, (nchw, nhwc))
-        shape = self.graph.input_shape[1:]
-
-        def fits(want: tuple[int, int, int]) -> bool:
-            return len(shape) == 3 and all(s in (-1, w) for s, w in zip(shape, want, strict=True))
-
-        if fits(nchw):
-            self._nhwc = False
-        elif fits(nhwc):
-            self._nhwc = True
-        else:
-            raise RuntimeBackendError(
-                f"{bundle.graph.name}: input shape {self.graph.input_shape} does not match the "
-                f"bundle's preprocess ({spec.channels} x {spec.size} x {spec.size})"
-            )
+        self._nhwc = self._input_layout(self.graph.input_shape) == "nhwc"
         self._check_num_classes(self.graph.output_shapes[0][-1])
         self.int8_convolutions = self._check_int8()
 

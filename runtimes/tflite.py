@@ -209,21 +209,7 @@ class TfliteRuntime(GraphRuntime):
     def __init__(self, bundle: Bundle, num_threads: int | None = None):
         super().__init__(bundle, num_threads)
         self.graph = TfliteGraph(bundle.graph, num_threads)
-        spec = bundle.preprocess
-        shape = self.graph.input_shape
-        if len(shape) != 4:
-            raise RuntimeBackendError(
-                f"{bundle.graph.name}: expected a 4-D image input, got {shape}"
-            )
-        if shape[1:] == (spec.channels, spec.size, spec.size):
-            self._nhwc = False
-        elif shape[1:] == (spec.size, spec.size, spec.channels):
-            self._nhwc = True
-        else:
-            raise RuntimeBackendError(
-                f"{bundle.graph.name}: input shape {shape} does not match the bundle's preprocess "
-                f"({spec.channels} x {spec.size} x {spec.size})"
-            )
+        self._nhwc = self._input_layout(self.graph.input_shape) == "nhwc"
         self._check_num_classes(self.graph.output_shapes[0][-1])
 
 

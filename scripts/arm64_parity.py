@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 MODELS_DIR = "models"
-BACKEND_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
 # top-1 agreement the issue asks for, by the bundle's precision
 GOALS = {"fp32": 0.99, "int8": 0.98}
 PACKAGES = (
@@ -75,11 +74,12 @@ def versions() -> dict:
 
 def shipped_bundles(models: Path) -> list[Path]:
     from fer_edge.bundle import load_bundle
+    from fer_edge.formats import NATIVE_BACKEND
 
     return [
         d
         for d in sorted(models.iterdir())
-        if (d / "model.json").is_file() and load_bundle(d).format in BACKEND_OF_FORMAT
+        if (d / "model.json").is_file() and load_bundle(d).format in NATIVE_BACKEND
     ]
 
 
@@ -90,6 +90,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
     from fer_edge import Recognizer
     from fer_edge.bundle import load_bundle
     from fer_edge.errors import FerEdgeError
+    from fer_edge.formats import NATIVE_BACKEND
 
     data = Path(args.data)
     faces = pick_faces(data, args.faces, args.seed)
@@ -115,7 +116,7 @@ def cmd_scores(args: argparse.Namespace) -> None:
     }
     for path in shipped_bundles(models):
         b = load_bundle(path)
-        backend = BACKEND_OF_FORMAT[b.format]
+        backend = NATIVE_BACKEND[b.format]
         entry = {"backend": backend, "format": b.format, "precision": b.precision}
         try:
             t0 = time.perf_counter()

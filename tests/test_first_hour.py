@@ -16,11 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge import Recognizer, load_bundle
+from fer_edge import Recognizer, formats, load_bundle
 from fer_edge.cli import COMMANDS, main
 from fer_edge.detect import load_detector
 from fer_edge.errors import DatasetError
-from fer_edge.runtimes import base as runtimes_base
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,9 +63,9 @@ def test_auto_detector_is_the_photo_one_for_frames_and_the_fast_one_for_streams(
 @pytest.fixture
 def onnxruntime_only(monkeypatch):
     """An install with the base dependencies only: no LiteRT, no OpenVINO."""
-    real = runtimes_base._installed
+    real = formats.backend_installed
     monkeypatch.setattr(
-        runtimes_base, "_installed", lambda imports: "onnxruntime" in imports and real(imports)
+        formats, "backend_installed", lambda name: name == "onnxruntime" and real(name)
     )
 
 

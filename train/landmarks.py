@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_edge import atomic
 from fer_edge.data import cache_dir
-from fer_edge.runtimes.base import open_tflite_graph
+from fer_edge.runtimes.loader import open_tflite_graph
 
 MODEL = Path(__file__).resolve().parent / "assets" / "face_landmark.tflite"
 NUM_LANDMARKS = 468

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, RuntimeBackendError
-from ..runtimes.base import open_tflite_graph
+from ..runtimes.loader import open_tflite_graph
 from .base import Detection, FaceDetector, iou_matrix
 
 
