@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_edge.errors import InputError
+from fer_edge.train.model_io import load_model
 from fer_edge.train.nets import ARCHS, build
 
 from . import finetune
-from .models import load_model, model_cost, refuse_valence_arousal
+from .models import model_cost, refuse_valence_arousal
 
 MAX_STUDENT_PARAMS = 1_500_000
 

@@ -28,17 +28,15 @@ import torch
 
 from fer_edge import bundle as bundle_io
 from fer_edge.errors import InputError
+from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.preprocess import normalize
 from fer_edge.runtimes import load_runtime
 from fer_edge.runtimes.openvino import PRECISION_HINTS
-from fer_edge.train.predictor import git_commit, predict_logits, va_meta
+from fer_edge.train.model_io import LoadedModel, git_commit, load_model, va_meta
+from fer_edge.train.predictor import predict_logits
 
 from . import parity
-from .models import LoadedModel, load_model
-from .qat import calibration_faces, ptq, quantizer
-
-TARGETS = ("onnx", "tflite", "openvino")
-RUNTIME_FOR = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
+from .quantize import calibration_faces, ptq, quantizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="default_student",
         help="a checkpoint, a pytorch bundle, or default_student / default_pytorch",
     )
-    p.add_argument("--target", required=True, choices=TARGETS)
+    p.add_argument("--target", required=True, choices=EXPORT_FORMATS)
     p.add_argument(
         "--int8", action="store_true", help="INT8 (tflite, openvino); implied by a QAT model"
     )
@@ -176,8 +174,8 @@ def export_model_name(model: str | None) -> str:
 
 def export(args: argparse.Namespace) -> bundle_io.Bundle:
     """Convert, check parity through the SDK runtime, and write the bundle only if it passes."""
-    if args.target not in TARGETS:
-        raise InputError(f"--target must be one of {', '.join(TARGETS)}")
+    if args.target not in EXPORT_FORMATS:
+        raise InputError(f"--target must be one of {', '.join(EXPORT_FORMATS)}")
     if args.opset < 17:
         raise InputError(f"--opset must be 17 or later, got {args.opset}")
     args.model = export_model_name(args.model)
@@ -224,7 +222,7 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
             model=model_meta,
             source=meta_source,
         )
-        runtime = load_runtime(stage, args.backend or RUNTIME_FOR[args.target])
+        runtime = load_runtime(stage, args.backend or NATIVE_BACKEND[args.target])
         got = parity.runtime_logits(runtime, normalize(faces.images, spec))
         result = parity.compare(ref_logits, got, precision)
         result.update(reference=ref_name, runtime=runtime.name, split=args.parity_split)

@@ -16,9 +16,8 @@ from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
 from fer_edge.train.augment import AUGMENTS
+from fer_edge.train.model_io import save_model_bundle
 from fer_edge.train.supervised import evaluate_split, load_train_val
-
-from .models import save_model_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: str) -> None:

@@ -16,15 +16,10 @@ import sys
 import torch
 
 from fer_edge.errors import InputError
+from fer_edge.train.model_io import load_model, model_from_state, structure_of
 
 from . import finetune
-from .models import (
-    load_model,
-    model_cost,
-    model_from_any_state,
-    refuse_valence_arousal,
-    structure_of,
-)
+from .models import model_cost, refuse_valence_arousal
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,7 +88,7 @@ def prune(args: argparse.Namespace):
     before = model_cost(model, spec)
     done = 0  # pruning steps applied to ``model``
     if ft.resume_state is not None:
-        model = model_from_any_state(ft.resume_state).to(ft.device)
+        model = model_from_state(ft.resume_state).to(ft.device)
         done = int(ft.resume_state["prune_steps"])
     example = torch.zeros(1, spec.channels, spec.size, spec.size, device=ft.device)
     opt, sched = ft.optimizer(model.parameters())

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
     "calibrate": (
-        "fer_edge.calibration",
+        "fer_edge.calibrate",
         "fit a softmax temperature on validation faces so scores mean probabilities",
     ),
     "predict": ("fer_edge.predict", "emotions of the faces in images, folders or videos"),

@@ -75,7 +75,7 @@ def load_scorer(
         try:
             import torch
 
-            from fer_edge.compress.models import load_model
+            from fer_edge.train.model_io import load_model
             from fer_edge.train.predictor import predict_logits
         except ModuleNotFoundError as e:
             raise InputError(

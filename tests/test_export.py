@@ -17,13 +17,13 @@ pytest.importorskip("openvino")
 from fer_edge.bundle import load_bundle  # noqa: E402
 from fer_edge.cli import main as cli_main  # noqa: E402
 from fer_edge.compress import export, parity, qat  # noqa: E402
-from fer_edge.compress.models import load_model, save_model_bundle  # noqa: E402
 from fer_edge.data import load_dataset  # noqa: E402
 from fer_edge.errors import InputError  # noqa: E402
 from fer_edge.labels import FER_LABELS  # noqa: E402
 from fer_edge.preprocess import PreprocessSpec, normalize  # noqa: E402
 from fer_edge.runtimes import load_runtime  # noqa: E402
 from fer_edge.train.augment import to_input  # noqa: E402
+from fer_edge.train.model_io import load_model, save_model_bundle  # noqa: E402
 from fer_edge.train.nets import build  # noqa: E402
 from fer_edge.train.predictor import predict_logits  # noqa: E402
 

@@ -26,7 +26,7 @@ from fer_edge.train.methods.mim_spl import (
     patchify,
     retrieval_soft_labels,
 )
-from fer_edge.train.predictor import load_torch_model
+from fer_edge.train.model_io import load_model
 from fer_edge.train.supervised import inject_label_noise
 
 
@@ -189,8 +189,8 @@ def test_noisy_run_trains_resumes_exactly_and_ships_a_7_class_bundle(
     soft = a["objective"]["targets"][~a["objective"]["clean"]]
     assert len(soft) and torch.allclose(soft.sum(1), torch.ones(len(soft)))
 
-    model, labels, _, _ = load_torch_model(full / "best")
-    assert model.head.out_features == 7 and len(labels) == 7
+    best = load_model(full / "best")
+    assert best.model.head.out_features == 7 and len(best.labels) == 7
     capsys.readouterr()
     rc = main(["eval", "--model", str(full / "best"), "--data", str(small_fer_dir),
                "--split", "test", "--json"])  # fmt: skip

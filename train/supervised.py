@@ -31,8 +31,9 @@ from fer_edge.preprocess import PreprocessSpec
 from . import engine, methods
 from .augment import AUGMENTS
 from .checkpoint import load_checkpoint
+from .model_io import save_model_bundle
 from .nets import ARCHS, build
-from .predictor import predict_logits, save_pytorch_bundle
+from .predictor import predict_logits
 
 # --method -> module holding its ``Objective``, ``HELP`` and ``DEFAULTS``
 OBJECTIVES = {
@@ -467,7 +468,7 @@ def fit(args: argparse.Namespace) -> Path:
         if record[objective.select] > best[objective.select]:
             scores = {k: v for k, v in record.items() if k.startswith("val_")}
             best.update(epoch=epoch + 1, **scores)
-            save_pytorch_bundle(
+            save_model_bundle(
                 out / "best",
                 state(epoch),
                 metrics={"val": {**{k[4:]: v for k, v in scores.items()}, "epoch": epoch + 1}},
