@@ -5,18 +5,21 @@
 >>> for face in rec(frame_bgr):             # gray, BGR or BGRA numpy frame
 ...     print(face.box, face.label, face.score, face.scores["happy"])
 >>> rec.classify([crop1, crop2])            # face crops, no detection
+>>> with rec.stream_session() as s:        # a video: faces tracked, scores smoothed
+...     for frame in frames:
+...         print([(f.track_id, f.label) for f in s(frame)])
 
 All faces of a frame are classified in one batch (at most :data:`BATCH` per runtime call).
 
-Threads: a Recognizer that does not track may be shared by any number of threads (results are
-the same as sequential calls; the runtimes serialise what is not thread-safe). A tracking
-Recognizer follows the faces of one stream: calling it from two threads at once, or running two
-streams through it at once, raises :class:`~fer_edge.errors.InputError`. Use one per stream.
+Threads: a Recognizer may be shared by any number of threads (results are the same as
+sequential calls; the runtimes serialise what is not thread-safe). A stream is one sequence of
+frames: a Recognizer runs one :class:`StreamSession` at a time, and a session takes one frame at
+a time; opening a second session, or calling a session from a second thread while it is busy,
+raises :class:`~fer_edge.errors.InputError`. Use one Recognizer per stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -42,8 +45,9 @@ BATCH = 64
 class FaceResult:
     """One face. ``box`` is ``(x1, y1, x2, y2)`` in frame pixels (the whole crop for
     :meth:`Recognizer.classify`); ``probs`` are the softmax probabilities in ``labels`` order
-    (smoothed over frames when tracking); ``landmarks`` (K, 2) when the detector gives them;
-    ``track_id`` when tracking; ``valence``/``arousal`` in [-1, 1] when the model predicts them."""
+    (smoothed over frames in a tracking stream session); ``landmarks`` (K, 2) when the detector
+    gives them; ``track_id`` in a tracking stream session; ``valence``/``arousal`` in [-1, 1]
+    when the model predicts them."""
 
     box: tuple[float, float, float, float]
     label: str
@@ -87,14 +91,15 @@ class Recognizer:
             (the bundle shipped in the package).
         backend: ``auto``, ``tflite``, ``openvino`` or ``onnxruntime``.
         detector: ``auto`` (the same faces as ``fer-edge predict``: the ``photo`` detector for
-            single frames, BlazeFace short-range while tracking a stream), ``photo`` (BlazeFace
-            full-range on 2x2 tiles: small faces in group photos, about 10x slower),
+            single frames, BlazeFace short-range in a tracking :meth:`stream_session`),
+            ``photo`` (BlazeFace full-range on 2x2 tiles: small faces in group photos, about 10x
+            slower),
             ``blazeface`` (short-range: fast, faces near the camera), ``blazeface_full``,
             ``haar``, a :class:`~fer_edge.detect.FaceDetector`, or None to treat every frame as
             one face.
         num_threads: threads for the classifier and the detector (None: the runtime's default).
-        track: follow faces across calls (ids + score smoothing); for video, not photos.
-        smoothing: weight of a track's past scores in its moving average (0: none).
+        smoothing: weight of a track's past scores in its moving average (0: none), in
+            tracking stream sessions.
         align: rotate crops so the eyes are level (needs detector keypoints).
         max_faces: classify at most this many faces per frame (the most confident ones).
     """
@@ -105,7 +110,6 @@ class Recognizer:
         backend: str = "auto",
         detector: str | FaceDetector | None = "auto",
         num_threads: int | None = None,
-        track: bool = False,
         smoothing: float = 0.6,
         align: bool = True,
         max_faces: int = 64,
@@ -136,32 +140,30 @@ class Recognizer:
         self._num_threads = num_threads
         self._photo_detector: FaceDetector | None = None
         self._detector_lock = threading.Lock()
-        # With "auto", _detector is the stream one; the photo one loads on the first still frame.
-        self._detector = None if detector is None else load_detector(detector, num_threads)
+        # With "auto", this is the stream one; the photo one loads on the first still frame.
+        self.stream_detector = None if detector is None else load_detector(detector, num_threads)
         self.smoothing = smoothing
-        self.tracker = IouTracker(smoothing=smoothing) if track else None
         self.align = align
         self.max_faces = max_faces
-        self._tracking_call = threading.Lock()  # held while a tracking call runs
-        self._session = threading.Lock()  # held while a stream owns the tracker
+        self._stream_open = threading.Lock()  # held while a StreamSession is open
 
     @property
     def detector(self) -> FaceDetector | None:
-        """The detector the next call uses: with ``detector="auto"``, the photo detector unless
-        this Recognizer is tracking a stream."""
-        if not self._auto_detector or self.tracker is not None:
-            return self._detector
+        """The detector of single frames (``rec(frame)``): with ``detector="auto"`` the photo
+        detector, otherwise the one chosen (a tracking stream session uses
+        :attr:`stream_detector`)."""
+        if not self._auto_detector:
+            return self.stream_detector
         with self._detector_lock:
             if self._photo_detector is None:
                 self._photo_detector = load_detector("photo", self._num_threads)
         return self._photo_detector
 
     def __repr__(self) -> str:
-        det = "auto" if self._auto_detector else getattr(self._detector, "name", None)
+        det = "auto" if self._auto_detector else getattr(self.stream_detector, "name", None)
         return (
             f"Recognizer(model={self.bundle.name!r}, format={self.bundle.format!r}, "
-            f"backend={self.runtime.name!r}, detector={det!r}, labels={list(self.labels)}, "
-            f"tracking={self.tracker is not None})"
+            f"backend={self.runtime.name!r}, detector={det!r}, labels={list(self.labels)})"
         )
 
     @property
@@ -173,33 +175,20 @@ class Recognizer:
         """The bundle's :class:`~fer_edge.preprocess.PreprocessSpec`."""
         return self.bundle.preprocess
 
-    def set_tracking(self, on: bool) -> None:
-        """Turn tracking on (with a fresh tracker) or off."""
-        self.tracker = IouTracker(smoothing=self.smoothing) if on else None
-
-    @contextlib.contextmanager
-    def tracking_session(self, on: bool):
-        """Own this Recognizer for one stream: tracking ``on`` (a fresh tracker) or off inside,
-        the previous setting restored after. A second session while one is open raises
-        InputError: two streams would mix their faces in one tracker."""
-        if not self._session.acquire(blocking=False):
-            raise InputError(
-                "this Recognizer is already running a stream; use one Recognizer per stream"
-            )
-        previous = self.tracker
-        try:
-            self.set_tracking(on)
-            yield self
-        finally:
-            self.tracker = previous
-            self._session.release()
+    def stream_session(self, track: bool = True) -> StreamSession:
+        """A session for one stream of frames (a camera, a video), used as a context manager:
+        ``with rec.stream_session() as s: faces = s(frame)``. With ``track`` it follows faces
+        from frame to frame (``track_id``) and smooths their scores, with a tracker of its own,
+        and detects with :attr:`stream_detector`; without, each frame is a photo."""
+        return StreamSession(self, track)
 
     # The stages, public so that benchmarks and custom pipelines can time or replace each.
 
-    def detect(self, frame: object) -> list[Detection]:
-        """Faces in a frame, best first, at most ``max_faces``."""
+    def detect(self, frame: object, detector: FaceDetector | None = None) -> list[Detection]:
+        """Faces in a frame, best first, at most ``max_faces``, found by ``detector`` (default:
+        :attr:`detector`)."""
         img = as_uint8_image(frame, "frame")
-        detector = self.detector
+        detector = detector or self.detector
         if detector is None:
             h, w = img.shape[:2]
             return [Detection((0.0, 0.0, float(w), float(h)), 1.0)]
@@ -208,7 +197,7 @@ class Recognizer:
     def crops(self, frame: object, detections: Sequence[Detection]) -> np.ndarray:
         """uint8 (N, S, S, C) model-ready crops of the detected faces."""
         img = as_uint8_image(frame, "frame")
-        if self._detector is None:
+        if self.stream_detector is None:  # detector=None: the frame is the face
             return resize_face(img, self.spec)[None]
         return align_faces(img, detections, self.spec, rotate=self.align)
 
@@ -234,11 +223,16 @@ class Recognizer:
         return softmax(out[:, :k], self.bundle.temperature), va
 
     def _results(
-        self, boxes: list, probs: np.ndarray, va: np.ndarray | None, dets: Sequence | None
+        self,
+        boxes: list,
+        probs: np.ndarray,
+        va: np.ndarray | None,
+        dets: Sequence | None,
+        tracker: IouTracker | None = None,
     ) -> list[FaceResult]:
         ids: list[int | None] = [None] * len(boxes)
-        if self.tracker is not None and dets is not None:
-            ids, probs = self.tracker.update(np.asarray(boxes, np.float32), probs)
+        if tracker is not None:
+            ids, probs = tracker.update(np.asarray(boxes, np.float32), probs)
         results = []
         for i, box in enumerate(boxes):
             top = int(np.argmax(probs[i]))
@@ -262,23 +256,14 @@ class Recognizer:
     def __call__(self, frame: object) -> list[FaceResult]:
         """Detect and classify every face in a gray, BGR or BGRA frame (uint8, or float in
         [0, 1] or [0, 255]). Returns an empty list when there is no face."""
-        img = as_uint8_image(frame, "frame")
-        if self.tracker is None:
-            return self._detect_and_classify(img)
-        if not self._tracking_call.acquire(blocking=False):
-            raise InputError(
-                "this Recognizer tracks the faces of one stream and is busy with a frame in "
-                "another thread; use one Recognizer per thread, or turn tracking off"
-            )
-        try:
-            return self._detect_and_classify(img)
-        finally:
-            self._tracking_call.release()
+        return self._frame_results(as_uint8_image(frame, "frame"), self.detector)
 
-    def _detect_and_classify(self, img: np.ndarray) -> list[FaceResult]:
-        dets = self.detect(img)
+    def _frame_results(
+        self, img: np.ndarray, detector: FaceDetector | None, tracker: IouTracker | None = None
+    ) -> list[FaceResult]:
+        dets = self.detect(img, detector)
         probs, va = self.infer(self.crops(img, dets))
-        return self._results([d.box for d in dets], probs, va, dets)
+        return self._results([d.box for d in dets], probs, va, dets, tracker)
 
     def classify(self, faces: Sequence[object] | np.ndarray) -> list[FaceResult]:
         """Classify face crops (gray or BGR, any size) without detection, in batches of at most
@@ -296,3 +281,56 @@ class Recognizer:
         return self._results(
             boxes, np.concatenate(probs), None if va[0] is None else np.concatenate(va), None
         )
+
+
+class StreamSession:
+    """One stream of frames through a :class:`Recognizer`
+    (``with rec.stream_session() as s: faces = s(frame)``).
+
+    A tracking session has its own tracker, so every stream starts with fresh ids, and detects
+    with the Recognizer's :attr:`~Recognizer.stream_detector`. The Recognizer runs one session
+    at a time and a session one frame at a time (a stream's frames come in order): a second
+    session, or a second thread calling while a frame is in flight, raises InputError."""
+
+    def __init__(self, recognizer: Recognizer, track: bool = True):
+        self.recognizer = recognizer
+        self.tracker = IouTracker(smoothing=recognizer.smoothing) if track else None
+        self._open = False
+        self._busy = threading.Lock()  # held while a frame is in flight
+
+    @property
+    def detector(self) -> FaceDetector | None:
+        """The detector this session's frames go through."""
+        rec = self.recognizer
+        return rec.stream_detector if self.tracker is not None else rec.detector
+
+    def __enter__(self) -> StreamSession:
+        if not self.recognizer._stream_open.acquire(blocking=False):
+            raise InputError(
+                "this Recognizer is already running a stream; use one Recognizer per stream"
+            )
+        self._open = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open = False
+        self.recognizer._stream_open.release()
+
+    def __call__(self, frame: object) -> list[FaceResult]:
+        """The faces of the stream's next frame, as :meth:`Recognizer.__call__` gives them,
+        with ``track_id`` and smoothed scores when tracking."""
+        if not self._open:
+            raise InputError(
+                "a stream session takes frames inside its with block: "
+                "with rec.stream_session() as s: s(frame)"
+            )
+        img = as_uint8_image(frame, "frame")
+        if not self._busy.acquire(blocking=False):
+            raise InputError(
+                "this stream session is busy with a frame in another thread; a stream's frames "
+                "go through it one at a time: use one Recognizer per stream and per thread"
+            )
+        try:
+            return self.recognizer._frame_results(img, self.detector, self.tracker)
+        finally:
+            self._busy.release()

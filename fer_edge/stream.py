@@ -326,11 +326,12 @@ def stream(
     """Yield ``(frame, faces)`` for every frame of ``source`` through ``recognizer``.
 
     ``track`` (default: on for cameras and videos, off for photos) follows faces across frames
-    and smooths their scores; the tracker starts fresh for each stream.
+    and smooths their scores, in a :meth:`~fer_edge.recognizer.Recognizer.stream_session` of
+    this stream's own.
     """
     src = source if isinstance(source, FrameSource) else FrameSource(source, **source_options)
     if track is None:
         track = src.kind in ("camera", "video")
-    with recognizer.tracking_session(track), src:
+    with recognizer.stream_session(track=track) as session, src:
         for frame in src:
-            yield frame, recognizer(frame.image)
+            yield frame, session(frame.image)

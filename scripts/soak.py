@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     last_frames, last_dropped = 0, 0
     end = t0 + 60 * a.minutes
     # What fer_edge.stream.stream does, with the Recognizer call timed on its own.
-    with rec.tracking_session(True), source:
+    with rec.stream_session() as session, source:
         for frame in source:
             t_call = time.perf_counter()
-            found = rec(frame.image)
+            found = session(frame.image)
             latencies.append(1000 * (time.perf_counter() - t_call))
             frames += 1
             faces += len(found)

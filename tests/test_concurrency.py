@@ -1,6 +1,6 @@
-"""Recognizers under threads. The rule (docs/sdk.md): a Recognizer without tracking may be shared
-by any number of threads and gives each the result it would get alone; with tracking it belongs
-to one stream, and a second concurrent caller gets an InputError saying so."""
+"""Recognizers under threads. The rule (docs/sdk.md): a Recognizer may be shared by any number of
+threads and gives each the result it would get alone; a stream session belongs to one stream,
+and a second session or a second concurrent caller gets an InputError saying so."""
 
 from __future__ import annotations
 
@@ -82,26 +82,27 @@ def test_recognizers_in_threads_match_serial_results(bundles, frames):
             assert results == [expected[(i + k) % len(frames)] for k in range(CALLS)]
 
 
-def test_a_tracking_recognizer_refuses_a_second_thread(bundles, frames, monkeypatch):
-    rec = Recognizer(bundles["onnx"], backend="onnxruntime", detector="blazeface", track=True)
+def test_a_tracking_stream_session_refuses_a_second_thread(bundles, frames, monkeypatch):
+    rec = Recognizer(bundles["onnx"], backend="onnxruntime", detector="blazeface")
     inside, release = threading.Event(), threading.Event()
-    detect = rec.detect
+    infer = rec.infer
 
-    def slow_detect(img):  # hold the first call inside the Recognizer
+    def slow_infer(crops):  # hold the first frame inside the session
         inside.set()
         release.wait(10)
-        return detect(img)
+        return infer(crops)
 
-    monkeypatch.setattr(rec, "detect", slow_detect)
-    first = threading.Thread(target=rec, args=(frames[0],))
-    first.start()
-    assert inside.wait(10)
-    with pytest.raises(InputError, match="one Recognizer per thread"):
-        rec(frames[1])
-    release.set()
-    first.join(10)
-    monkeypatch.undo()
-    assert rec(frames[0])  # usable again once the first call is done
+    with rec.stream_session() as session:
+        monkeypatch.setattr(rec, "infer", slow_infer)
+        first = threading.Thread(target=session, args=(frames[0],))
+        first.start()
+        assert inside.wait(10)
+        with pytest.raises(InputError, match="one Recognizer per stream and per thread"):
+            session(frames[1])
+        release.set()
+        first.join(10)
+        monkeypatch.undo()
+        assert session(frames[0])  # usable again once the first frame is done
 
 
 def test_one_recognizer_cannot_run_two_streams_at_once(bundles, media_root):

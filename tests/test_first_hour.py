@@ -52,8 +52,8 @@ def test_auto_detector_is_the_photo_one_for_frames_and_the_fast_one_for_streams(
     # group_selfie: six people (by eye); the fast short-range model alone misses most of them
     img = cv2.imread(str(media_root / "group_selfie.jpg"))
     assert len(rec(img)) == 6 > len(Recognizer(detector="blazeface")(img))
-    with rec.tracking_session(True):
-        assert rec.detector.name == "blazeface_short"
+    with rec.stream_session() as session:
+        assert session.detector.name == "blazeface_short"
     assert Recognizer(detector="photo").detector.tiles == 2
 
 
@@ -74,9 +74,9 @@ def test_base_install_runs_blazeface_and_the_default_model(onnxruntime_only, med
     assert rec.runtime.name == "onnxruntime" and rec.bundle.name == "default"
     faces = rec(cv2.imread(str(media_root / "portrait.jpg")))
     assert len(faces) == 1 and type(rec.detector.graph).__name__ == "OnnxGraph"
-    with rec.tracking_session(True):
-        assert rec.detector.name == "blazeface_short"
-        assert type(rec.detector.graph).__name__ == "OnnxGraph"
+    with rec.stream_session() as session:
+        assert session.detector.name == "blazeface_short"
+        assert type(session.detector.graph).__name__ == "OnnxGraph"
 
 
 def test_onnx_blazeface_gives_the_tflite_boxes(media_root):

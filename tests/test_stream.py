@@ -92,7 +92,21 @@ def test_stream_tracks_the_face_of_a_video(rec, video):
         ids.update(f.track_id for f in faces)
     assert n == VIDEO_FRAMES
     assert ids.most_common(1)[0][1] >= 0.9 * VIDEO_FRAMES  # one track for the one person
-    assert rec.tracker is None  # tracking was for this stream only
+    # tracking was for that stream only: the next starts with fresh ids, plain calls have none
+    first, faces = next(stream(rec, video))
+    assert [f.track_id for f in faces] == [1]
+    assert [f.track_id for f in rec(first.image)] == [None]
+
+
+def test_a_stream_session_takes_frames_only_inside_its_with_block(rec, video):
+    frame = next(iter(FrameSource(video))).image
+    session = rec.stream_session()
+    with pytest.raises(InputError, match="inside its with block"):
+        session(frame)
+    with session:
+        assert [f.track_id for f in session(frame)] == [1]
+    with pytest.raises(InputError, match="inside its with block"):
+        session(frame)
 
 
 def test_tracker_keeps_ids_and_smooths_scores():
@@ -116,14 +130,10 @@ def test_tracking_smooths_label_flicker(rec, video):
     frames = [f.image for f in FrameSource(video, max_frames=60)]
 
     def changes(track: bool) -> int:
-        rec.set_tracking(track)
-        labels = [tuple(f.label for f in rec(fr)) for fr in frames]
+        with rec.stream_session(track=track) as session:
+            labels = [tuple(f.label for f in session(fr)) for fr in frames]
         return sum(x != y for x, y in zip(labels, labels[1:], strict=False))
 
-    try:
-        raw, smooth = changes(False), changes(True)
-    finally:
-        rec.set_tracking(False)
-    assert smooth < raw
+    assert changes(track=True) < changes(track=False)
     with pytest.raises(InputError):
         IouTracker(smoothing=1.0)
