@@ -148,6 +148,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def library_to_command_edges(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Imports of a command module by a library module: any module but the command modules
+    themselves and the CLI entry points (``fer_edge.cli``, ``fer_edge.__main__``). A command
+    calling another command (the pipeline runs the others) is not counted here."""
     commands = command_modules()
     return {
         (src, dst)
