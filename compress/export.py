@@ -1,25 +1,12 @@
-"""Export a PyTorch model to an ONNX, TFLite or OpenVINO bundle, checked against PyTorch.
-
-With no other flag (fer-edge export --target tflite) it exports the shipped default student
-into ./default_student_tflite, checked on the real FER-2013 faces shipped with the package.
-MODEL is a checkpoint, a pytorch bundle (float, pruned or QAT), or a shipped name:
-default_student (the default; the teacher default_pytorch while the student's PyTorch weights
-are not shipped) or default_pytorch (the teacher). Targets:
-- onnx: FP32, opset 17 or later, dynamic batch;
-- tflite: FP32 (litert-torch), or with --int8 full-integer INT8 with int8 input and output;
-- openvino: FP32 IR, or with --int8 an INT8 IR.
-INT8 uses the QAT model's learnt quantisation when MODEL is a QAT model, else post-training
-quantisation calibrated on --calib-faces training faces. Before anything is written the export
-runs through the SDK runtime on real validation faces (--data, else the 280 shipped ones; the
-same preprocessing as the SDK) and is
-refused unless its top-1 agrees with PyTorch on >= 99% (FP32) / >= 97% (INT8) of them; the
-agreement and the largest logit difference go into model.json ``metrics.parity``. A parity set
-whose images are mostly not faces is refused. The converters' own output goes to OUT.log.
+"""Export a PyTorch model to an ONNX, TFLite or OpenVINO bundle, checked against PyTorch:
+:func:`export`, the library side of ``fer-edge export`` (whose ``--help`` lists the targets, the
+INT8 paths and the parity rule). Nothing is written unless the export, run through the SDK
+runtime on real faces, agrees with PyTorch.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -37,32 +24,6 @@ from fer_edge.train.predictor import predict_logits
 
 from . import parity
 from .quantize import calibration_faces, ptq, quantizer
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default="default_student",
-        help="a checkpoint, a pytorch bundle, or default_student / default_pytorch",
-    )
-    p.add_argument("--target", required=True, choices=EXPORT_FORMATS)
-    p.add_argument(
-        "--int8", action="store_true", help="INT8 (tflite, openvino); implied by a QAT model"
-    )
-    p.add_argument("--out", help="bundle folder to write (./MODEL_TARGET[_int8] when not given)")
-    p.add_argument(
-        "--data",
-        help="FER data (split root or class folders) for the parity faces and INT8 calibration; "
-        "the faces shipped with fer-edge when not given",
-    )
-    p.add_argument("--parity-split", default="val", help="split whose faces check parity")
-    p.add_argument("--parity-faces", type=int, default=1000, help="faces in the parity check")
-    p.add_argument("--calib-split", default="train", help="split whose faces calibrate PTQ")
-    p.add_argument("--calib-faces", type=int, default=512, help="faces that calibrate PTQ")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or later)")
-    p.add_argument(
-        "--backend", help="SDK runtime for the parity check (the target's own if not given)"
-    )
 
 
 def _onnx(net, x: torch.Tensor, out: Path, opset: int) -> dict:
@@ -126,21 +87,18 @@ def convert(net, target: str, x: torch.Tensor, out: Path, int8: bool, opset: int
         return _openvino(net, x, out, int8)
 
 
-def _networks(lm: LoadedModel, int8: bool, args) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+def _networks(
+    lm: LoadedModel, int8: bool, data, calib_split: str, calib_faces: int
+) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """(network to convert, PyTorch reference it must agree with, what the reference is)."""
     if lm.kind == "qat":
         return lm.model, lm.model, "pytorch qat int8 (fake-quantised)"
     if not int8:
         return lm.model, lm.model, "pytorch fp32"
     calib_ds = parity.real_faces(
-        args.data or parity.shipped_faces(),
-        args.calib_split,
-        lm.spec,
-        lm.labels,
-        args.calib_faces,
-        seed=1,
+        data or parity.shipped_faces(), calib_split, lm.spec, lm.labels, calib_faces, seed=1
     )
-    calib = calibration_faces(calib_ds.images, calib_ds.labels, args.calib_faces)
+    calib = calibration_faces(calib_ds.images, calib_ds.labels, calib_faces)
     return ptq(lm.model, calib, lm.spec), lm.model, "pytorch fp32"
 
 
@@ -172,43 +130,61 @@ def export_model_name(model: str | None) -> str:
     return "default_pytorch"
 
 
-def export(args: argparse.Namespace) -> bundle_io.Bundle:
-    """Convert, check parity through the SDK runtime, and write the bundle only if it passes."""
-    if args.target not in EXPORT_FORMATS:
+def export(
+    model: str | os.PathLike | None = "default_student",
+    *,
+    target: str,
+    int8: bool = False,
+    out: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    parity_split: str = "val",
+    parity_faces: int = 1000,
+    calib_split: str = "train",
+    calib_faces: int = 512,
+    opset: int = 17,
+    backend: str | None = None,
+) -> bundle_io.Bundle:
+    """Convert ``model`` to ``target`` (onnx, tflite, openvino), check parity through the SDK
+    runtime, and write the bundle only if it passes; returns it.
+
+    The arguments are ``fer-edge export``'s options (see its ``--help``): ``out`` defaults to
+    ``./MODEL_TARGET[_int8]``, ``data`` to the faces shipped with fer-edge.
+    """
+    if target not in EXPORT_FORMATS:
         raise InputError(f"--target must be one of {', '.join(EXPORT_FORMATS)}")
-    if args.opset < 17:
-        raise InputError(f"--opset must be 17 or later, got {args.opset}")
-    args.model = export_model_name(args.model)
-    lm = load_model(args.model)
-    int8 = bool(args.int8 or lm.kind == "qat")
-    if int8 and args.target == "onnx":
+    if opset < 17:
+        raise InputError(f"--opset must be 17 or later, got {opset}")
+    model = export_model_name(model)
+    lm = load_model(model)
+    int8 = bool(int8 or lm.kind == "qat")
+    if int8 and target == "onnx":
         raise InputError("ONNX export is FP32; use --target tflite or openvino for INT8")
-    if not args.out:
-        args.out = str(default_out(args.model, args.target, int8))
-    data = args.data or parity.shipped_faces()
+    if not out:
+        out = default_out(model, target, int8)
+    faces_from = data or parity.shipped_faces()
     precision = "int8" if int8 else "fp32"
     spec = lm.spec
-    faces = parity.real_faces(data, args.parity_split, spec, lm.labels, args.parity_faces)
-    parity.require_faces(faces.images, data)
-    net, reference, ref_name = _networks(lm, int8, args)
+    faces = parity.real_faces(faces_from, parity_split, spec, lm.labels, parity_faces)
+    parity.require_faces(faces.images, faces_from)
+    net, reference, ref_name = _networks(lm, int8, data, calib_split, calib_faces)
     net.eval()
     ref_logits = predict_logits(reference, faces.images, spec)
     x = torch.from_numpy(normalize(faces.images[:2], spec))
     meta_source = {
-        "model": str(args.model),
+        "model": str(model),
         "kind": lm.kind,
         "arch": lm.state.get("arch"),
         "commit": git_commit(),
         "torch": torch.__version__,
     }
-    log_path = Path(str(Path(args.out)).rstrip("/\\") + ".log")
+    log_path = Path(str(Path(out)).rstrip("/\\") + ".log")
     with tempfile.TemporaryDirectory(prefix="fer-edge-export-") as tmp:
         tmp = Path(tmp)
         (tmp / "graph").mkdir()
         with parity.output_to(log_path):  # the converters' progress lines and warnings
-            converted = convert(net, args.target, x, tmp / "graph", int8, args.opset)
+            converted = convert(net, target, x, tmp / "graph", int8, opset)
         model_meta = {
-            "format": args.target,
+            "format": target,
             "precision": precision,
             "arch": lm.state.get("arch"),
             **converted["model"],
@@ -222,10 +198,10 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
             model=model_meta,
             source=meta_source,
         )
-        runtime = load_runtime(stage, args.backend or NATIVE_BACKEND[args.target])
+        runtime = load_runtime(stage, backend or NATIVE_BACKEND[target])
         got = parity.runtime_logits(runtime, normalize(faces.images, spec))
         result = parity.compare(ref_logits, got, precision)
-        result.update(reference=ref_name, runtime=runtime.name, split=args.parity_split)
+        result.update(reference=ref_name, runtime=runtime.name, split=parity_split)
         print(
             f"parity ({runtime.name}, {result['faces']} faces): top-1 agreement {result['top1_agreement']:.4f}, "
             f"max |logit diff| {result['max_abs_logit_diff']:.4g}",
@@ -237,18 +213,18 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
                 advice = (
                     " Post-training quantisation loses too much on this model; fine-tune it "
                     "with quantisation-aware training and export the result: fer-edge qat "
-                    f"--model {args.model} --data FER_DATA --out runs/qat, then fer-edge export "
-                    f"--target {args.target} --model runs/qat/bundle"
+                    f"--model {model} --data FER_DATA --out runs/qat, then fer-edge export "
+                    f"--target {target} --model runs/qat/bundle"
                 )
             raise parity.ParityError(
-                f"{args.target} {precision} export agrees with {ref_name} on only "
+                f"{target} {precision} export agrees with {ref_name} on only "
                 f"{result['top1_agreement']:.2%} of {result['faces']} faces (needs {result['min_agreement']:.0%}); "
-                f"max logit difference {result['max_abs_logit_diff']:.4g}. Nothing was written to {args.out}."
+                f"max logit difference {result['max_abs_logit_diff']:.4g}. Nothing was written to {out}."
                 + advice
             )
         files = {name: stage.root / name for name in stage.meta["files"]}
         b = bundle_io.save_bundle(
-            args.out,
+            out,
             files,
             labels=lm.labels,
             preprocess=spec,
@@ -257,11 +233,6 @@ def export(args: argparse.Namespace) -> bundle_io.Bundle:
             metrics={"parity": result},
         )
     size = sum((b.root / f).stat().st_size for f in b.meta["files"])
-    print(f"{args.target} {precision}: {size / 1024:.0f} KiB -> {b.root}", file=sys.stderr)
+    print(f"{target} {precision}: {size / 1024:.0f} KiB -> {b.root}", file=sys.stderr)
     print(f"converter output: {log_path}", file=sys.stderr)
     return b
-
-
-def run(args: argparse.Namespace) -> int:
-    export(args)
-    return 0

@@ -1,10 +1,12 @@
 """Fine-tuning shared by distill, prune and QAT, on top of the training engine: the same data
-loading, on-device augmentation, warm-up + cosine schedule, per-epoch atomic checkpoints and
-``--resume`` as ``fer-edge train``. A command supplies its loss and its checkpoint contents."""
+loading, on-device augmentation, warm-up + cosine schedule, optimizer, per-epoch atomic
+checkpoints and resume as ``fer_edge.train.fit``. A compression function supplies its loss and its
+checkpoint contents, and passes its caller's run options (``**options``) through to
+:class:`Finetune`."""
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,100 +14,90 @@ from pathlib import Path
 import torch
 
 from fer_edge.bundle import Bundle
+from fer_edge.data import load_train_val
 from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
-from fer_edge.train.augment import AUGMENTS
+from fer_edge.train.augment import training_augment
 from fer_edge.train.model_io import save_model_bundle
-from fer_edge.train.supervised import evaluate_split, load_train_val
-
-
-def add_arguments(p: argparse.ArgumentParser, *, epochs: int, lr: float, out: str) -> None:
-    """Options every compression command shares."""
-    p.add_argument(
-        "--data",
-        required=True,
-        help="split root with train/ and val/ (or any layout fer-edge train reads)",
-    )
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val")
-    p.add_argument("--val-data", help="separate validation dataset")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument(
-        "--lr", type=float, default=lr, help="peak learning rate (AdamW, warm-up then cosine)"
-    )
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument(
-        "--augment",
-        default="standard",
-        choices=list(AUGMENTS),
-        help="training augmentation (see fer-edge train --help)",
-    )
-    p.add_argument(
-        "--limit-per-class",
-        type=int,
-        help="at most this many training faces per class (quick runs)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--out", default=out, help="run folder: last.pt, metrics.jsonl, curves.png, bundle/"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument(
-        "--no-amp",
-        action="store_true",
-        help="train in fp32 (default: bf16 autocast on a GPU and on CPUs with native bf16; "
-        "QAT always trains in fp32)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+from fer_edge.train.objective import evaluate_split
 
 
 class Finetune:
-    """One resumable fine-tuning run in ``args.out``."""
+    """One resumable fine-tuning run in ``out``: the compression function's ``config`` plus the
+    run options, which every compression function takes as keyword arguments."""
 
-    def __init__(self, args: argparse.Namespace, config: dict, spec: PreprocessSpec):
-        engine.set_threads(args.threads)
-        self.args, self.spec = args, spec
-        self.device = engine.pick_device(args.device)
-        self.out = Path(args.out)
+    def __init__(
+        self,
+        config: dict,
+        spec: PreprocessSpec,
+        *,
+        data: str | os.PathLike,
+        epochs: int,
+        lr: float,
+        out: str | os.PathLike,
+        train_split: str = "train",
+        val_split: str = "val",
+        val_data: str | os.PathLike | None = None,
+        batch_size: int = 128,
+        weight_decay: float = 1e-4,
+        augment: str = "standard",
+        limit_per_class: int | None = None,
+        seed: int = 0,
+        resume: bool = False,
+        device: str = "auto",
+        threads: int | None = None,
+        amp: bool = True,
+        progress: bool = True,
+    ):
+        self.spec, self.epochs, self.batch_size, self.seed = spec, epochs, batch_size, seed
+        self.lr, self.weight_decay, self.amp, self.progress = lr, weight_decay, amp, progress
+        self.device = engine.start(device, threads)
+        self.out = Path(out)
         self.config = {
             **config,
-            "data": str(Path(args.data).resolve()),
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "lr": args.lr,
-            "limit_per_class": args.limit_per_class,
-            "augment": args.augment,
+            "data": str(Path(data).resolve()),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "lr": lr,
+            "limit_per_class": limit_per_class,
+            "augment": augment,
         }
         self.run = engine.Run(self.out, self.config)
-        self.resume_state = self.run.resume_state(args.resume)
-        args.label_fraction = 1.0
-        self.train, self.val = load_train_val(args, spec)
+        self.resume_state = self.run.resume_state(resume)
+        self.train, self.val = load_train_val(
+            data,
+            spec=spec,
+            train_split=train_split,
+            val_split=val_split,
+            val_data=val_data,
+            seed=seed,
+            limit_per_class=limit_per_class,
+            progress=progress,
+        )
         print(f"train: {self.train.summary()}\nval: {self.val.summary()}", file=sys.stderr)
-        if len(self.train) < args.batch_size:
+        if len(self.train) < batch_size:
             raise InputError(
-                f"{len(self.train)} training faces is fewer than one batch of {args.batch_size}"
+                f"{len(self.train)} training faces is fewer than one batch of {batch_size}"
             )
-        self.steps_per_epoch = len(self.train) // args.batch_size
+        self.steps_per_epoch = len(self.train) // batch_size
         self.images = torch.from_numpy(self.train.images).to(self.device)
         self.labels = torch.from_numpy(self.train.labels).to(self.device)
-        self.augment = AUGMENTS[args.augment](spec)
+        self.augment = training_augment(augment, spec)
         self.start_epoch = 0 if self.resume_state is None else int(self.resume_state["epoch"]) + 1
 
     def autocast(self):
-        """bf16 autocast where training uses it (``engine.autocast``), unless --no-amp."""
-        return engine.autocast(self.device, not self.args.no_amp)
+        """bf16 autocast where training uses it (``engine.autocast``), unless ``amp=False``."""
+        return engine.autocast(self.device, self.amp)
 
-    def optimizer(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW with warm-up over the first tenth of the run, then cosine decay."""
-        opt = torch.optim.AdamW(list(params), lr=self.args.lr, weight_decay=self.args.weight_decay)
-        total = self.steps_per_epoch * self.args.epochs
+    def optimizer(
+        self, modules: list[torch.nn.Module]
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW over ``modules`` (``engine.make_optimizer``'s weight-decay rule) with warm-up
+        over the first tenth of the run, then cosine decay."""
+        opt = engine.make_optimizer(modules, "adamw", self.lr, self.weight_decay)
+        total = self.steps_per_epoch * self.epochs
         return opt, engine.warmup_cosine(opt, total, max(1, total // 10))
 
     def batch(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,18 +140,16 @@ class Finetune:
         def steps(epoch: int) -> list[torch.Tensor]:
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
-            return engine.epoch_batches(
-                len(self.train), self.args.batch_size, self.args.seed, epoch
-            )
+            return engine.epoch_batches(len(self.train), self.batch_size, self.seed, epoch)
 
         return engine.run_epochs(
             self.run,
-            epochs=self.args.epochs,
+            epochs=self.epochs,
             start_epoch=self.start_epoch,
             steps=steps,
             step=step,
             evaluate=evaluate,
             state_fn=state_fn,
-            seed=self.args.seed,
-            progress=not self.args.no_progress,
+            seed=self.seed,
+            progress=self.progress,
         )

@@ -1,37 +1,22 @@
-"""Structured channel pruning with torch-pruning (DepGraph), iterative prune + fine-tune.
-
-Channels are removed in ``--steps`` equal steps, one at the start of each of the first
-``--steps`` epochs, until ``--ratio`` of every prunable layer's channels are gone (L2 magnitude
-importance; the classifier head keeps its outputs); the remaining epochs only fine-tune. DepGraph
-keeps coupled layers (residual adds, depthwise convs, squeeze-excitation) consistent. The
-checkpoint records the narrowed structure, so ``--resume`` and every loader rebuild the pruned
-network. Writes OUT/bundle with MACs and parameters before and after.
+"""Structured channel pruning with torch-pruning (DepGraph), iterative prune + fine-tune:
+:func:`prune`, the library side of ``fer-edge prune`` (whose ``--help`` describes the schedule).
+The checkpoint records the narrowed structure, so resume and every loader rebuild the pruned
+network; OUT/bundle holds MACs and parameters before and after.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
 import torch
 
+from fer_edge.bundle import Bundle
 from fer_edge.errors import InputError
 from fer_edge.train.model_io import load_model, model_from_state, structure_of
 
 from . import finetune
 from .models import model_cost, refuse_valence_arousal
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="float checkpoint, pytorch bundle or 'default'")
-    p.add_argument(
-        "--ratio", type=float, default=0.5, help="fraction of channels to remove per layer"
-    )
-    p.add_argument(
-        "--steps", type=int, default=4, help="pruning steps (one per epoch, then fine-tuning only)"
-    )
-    p.add_argument("--round-to", type=int, default=4, help="keep channel counts multiples of this")
-    finetune.add_arguments(p, epochs=8, lr=1e-3, out="runs/prune")
 
 
 def step_ratio(ratio: float, steps: int, k: int) -> float:
@@ -60,72 +45,86 @@ def prune_step(
     model.backbone.out_dim = model.head.in_features
 
 
-def prune(args: argparse.Namespace):
-    """Prune and fine-tune as ``args`` says; returns the pruned bundle."""
-    if not 0 < args.ratio < 1:
-        raise InputError(f"--ratio must be in (0, 1), got {args.ratio}")
-    if not 1 <= args.steps <= args.epochs:
-        raise InputError(
-            f"--steps must be between 1 and --epochs ({args.epochs}), got {args.steps}"
-        )
-    src = load_model(args.model)
+def prune(
+    *,
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    ratio: float = 0.5,
+    steps: int = 4,
+    round_to: int = 4,
+    epochs: int = 8,
+    lr: float = 1e-3,
+    out: str | os.PathLike = "runs/prune",
+    **options,
+) -> Bundle:
+    """Prune ``model`` (a float checkpoint, a pytorch bundle or ``default``) and fine-tune it;
+    returns the pruned bundle (OUT/bundle).
+
+    The arguments are ``fer-edge prune``'s options (see its ``--help``); ``options`` are the
+    fine-tuning run's, as for :func:`fer_edge.compress.distill.distill`.
+    """
+    if not 0 < ratio < 1:
+        raise InputError(f"--ratio must be in (0, 1), got {ratio}")
+    if not 1 <= steps <= epochs:
+        raise InputError(f"--steps must be between 1 and --epochs ({epochs}), got {steps}")
+    src = load_model(model)
     if src.kind == "qat":
         raise InputError("prune a float model; quantise after pruning")
-    refuse_valence_arousal(src, args.model, "prune")
+    refuse_valence_arousal(src, model, "prune")
     spec, labels = src.spec, src.labels
     config = {
         "method": "prune",
         "arch": src.state["arch"],
-        "model": str(args.model),
-        "ratio": args.ratio,
-        "steps": args.steps,
+        "model": str(model),
+        "ratio": ratio,
+        "steps": steps,
         "size": spec.size,
         "channels": spec.channels,
     }
-    ft = finetune.Finetune(args, config, spec)
-    torch.manual_seed(args.seed)
-    model = src.model.to(ft.device)
-    before = model_cost(model, spec)
-    done = 0  # pruning steps applied to ``model``
+    ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
+    torch.manual_seed(ft.seed)
+    net = src.model.to(ft.device)
+    before = model_cost(net, spec)
+    done = 0  # pruning steps applied to ``net``
     if ft.resume_state is not None:
-        model = model_from_state(ft.resume_state).to(ft.device)
+        net = model_from_state(ft.resume_state).to(ft.device)
         done = int(ft.resume_state["prune_steps"])
     example = torch.zeros(1, spec.channels, spec.size, spec.size, device=ft.device)
-    opt, sched = ft.optimizer(model.parameters())
+    opt, sched = ft.optimizer([net])
     if ft.resume_state is not None:
         opt.load_state_dict(ft.resume_state["optimizer"])
         sched.load_state_dict(ft.resume_state["scheduler"])
 
     def on_epoch_start(epoch: int) -> None:
         nonlocal done, opt, sched
-        if epoch >= args.steps or done > epoch:
+        if epoch >= steps or done > epoch:
             return
         done += 1
-        model.eval()
-        prune_step(model, step_ratio(args.ratio, args.steps, done), example, args.round_to)
+        net.eval()
+        prune_step(net, step_ratio(ratio, steps, done), example, round_to)
         prev = sched.state_dict()
-        opt, sched = ft.optimizer(model.parameters())  # parameter shapes changed
+        opt, sched = ft.optimizer([net])  # parameter shapes changed
         sched.load_state_dict(prev)
-        for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
-            group["lr"] = lr
-        cost = model_cost(model, spec)
+        for group, group_lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+            group["lr"] = group_lr
+        cost = model_cost(net, spec)
         print(
-            f"pruning step {done}/{args.steps}: {cost['params']:,} params, {cost['macs']:,} MACs",
+            f"pruning step {done}/{steps}: {cost['params']:,} params, {cost['macs']:,} MACs",
             file=sys.stderr,
         )
 
     def step(idx, g):
-        model.train()
+        net.train()
         x, y = ft.batch(idx, g)
         with ft.autocast():
-            logits = model(x)
+            logits = net(x)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
         return {"loss": ft.update(loss, opt, sched)}
 
     def state(epoch: int) -> dict:
         return {
-            "model": model.state_dict(),
-            "structure": structure_of(model),
+            "model": net.state_dict(),
+            "structure": structure_of(net),
             "arch": src.state["arch"],
             "num_classes": len(labels),
             "in_channels": spec.channels,
@@ -138,24 +137,19 @@ def prune(args: argparse.Namespace):
             "config": ft.config,
         }
 
-    ft.fit(step, state, lambda e: ft.evaluate(model), on_epoch_start=on_epoch_start)
-    after = model_cost(model, spec)
-    val = ft.evaluate(model)
+    ft.fit(step, state, lambda e: ft.evaluate(net), on_epoch_start=on_epoch_start)
+    after = model_cost(net, spec)
+    val = ft.evaluate(net)
     metrics = {
         "val": {"accuracy": val["val_accuracy"], "macro_f1": val["val_macro_f1"]},
         "before": before,
         "after": after,
         **after,
     }
-    b = ft.save_bundle(state(args.epochs - 1), metrics)
+    b = ft.save_bundle(state(epochs - 1), metrics)
     print(
         f"pruned: params {before['params']:,} -> {after['params']:,}, MACs {before['macs']:,} -> "
         f"{after['macs']:,}, val accuracy {val['val_accuracy']:.4f} -> {b.root}",
         file=sys.stderr,
     )
     return b
-
-
-def run(args: argparse.Namespace) -> int:
-    prune(args)
-    return 0

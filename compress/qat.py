@@ -1,21 +1,19 @@
-"""INT8 quantisation-aware fine-tuning (PT2E, per-channel symmetric weights, per-tensor
-activations), with post-training quantisation of the same model as the comparison row.
-
-BN is folded into the convs first, then the graph is exported and fake-quantised with the
-LiteRT PT2E quantizer's QAT observers, fine-tuned, and converted. The result exports to TFLite
-full-integer INT8 and OpenVINO INT8 (``fer-edge export --int8``). The checkpoint holds the float
-source weights (to rebuild the graph) and the fake-quantised graph's state (weights plus learnt
-ranges), all plain tensors, so it loads with ``weights_only=True`` and ``--resume`` works.
+"""INT8 quantisation-aware fine-tuning: :func:`qat`, the library side of ``fer-edge qat`` (whose
+``--help`` describes the method), with post-training quantisation of the same model as the
+comparison row; the PT2E graph tools are :mod:`fer_edge.compress.quantize`. The checkpoint holds
+the float source weights and the fake-quantised graph's state, plain tensors that load with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
 import torch
 from torch import nn
 
+from fer_edge.bundle import Bundle
 from fer_edge.errors import InputError
 from fer_edge.metrics import classification_report
 from fer_edge.preprocess import PreprocessSpec
@@ -35,46 +33,46 @@ def accuracy(model: nn.Module, ds, spec: PreprocessSpec, device="cpu") -> float:
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", required=True, help="float or pruned checkpoint, pytorch bundle or 'default'"
-    )
-    p.add_argument(
-        "--calib-faces",
-        type=int,
-        default=CALIBRATION_FACES,
-        help="training faces that calibrate PTQ",
-    )
-    finetune.add_arguments(p, epochs=3, lr=1e-4, out="runs/qat")
-
-
-def qat(args: argparse.Namespace):
-    """Quantisation-aware fine-tuning as ``args`` says; returns the QAT bundle."""
+def qat(
+    *,
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    calib_faces: int = CALIBRATION_FACES,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    out: str | os.PathLike = "runs/qat",
+    **options,
+) -> Bundle:
+    """Quantisation-aware fine-tuning of ``model`` (float or pruned: a checkpoint, a pytorch
+    bundle or ``default``), with PTQ on ``calib_faces`` training faces as the comparison row;
+    returns the QAT bundle (OUT/bundle). ``options`` are the fine-tuning run's, as for
+    :func:`fer_edge.compress.distill.distill` (QAT always trains in fp32).
+    """
     from torchao.quantization.pt2e import move_exported_model_to_train
 
-    src = load_model(args.model)
-    refuse_valence_arousal(src, args.model, "qat")
+    src = load_model(model)
+    refuse_valence_arousal(src, model, "qat")
     if src.kind == "qat":
-        raise InputError(f"{args.model} is already quantised; pass its float source")
+        raise InputError(f"{model} is already quantised; pass its float source")
     spec = src.spec
     config = {
         "method": "qat",
         "arch": src.state["arch"],
-        "model": str(args.model),
+        "model": str(model),
         "size": spec.size,
         "channels": spec.channels,
     }
-    ft = finetune.Finetune(args, config, spec)
-    torch.manual_seed(args.seed)
+    ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
+    torch.manual_seed(ft.seed)
     dev = ft.device
     float_model = src.model.to(dev).eval()
-    calib = calibration_faces(ft.train.images, ft.train.labels, args.calib_faces, args.seed)
+    calib = calibration_faces(ft.train.images, ft.train.labels, calib_faces, ft.seed)
     fp32_val = accuracy(float_model, ft.val, spec, dev)
     ptq_val = accuracy(ptq(float_model, calib, spec, dev), ft.val, spec, dev)
     print(f"val accuracy: fp32 {fp32_val:.4f}, PTQ int8 {ptq_val:.4f}", file=sys.stderr)
 
     prepared = prepare_qat(float_model, spec, dev)
-    opt, sched = ft.optimizer(prepared.parameters())
+    opt, sched = ft.optimizer([prepared])
     if ft.resume_state is not None:
         prepared.load_state_dict(ft.resume_state["model"])
         opt.load_state_dict(ft.resume_state["optimizer"])
@@ -111,14 +109,9 @@ def qat(args: argparse.Namespace):
         "val_ptq_int8": {"accuracy": ptq_val},
         **model_cost(float_model, spec),
     }
-    b = ft.save_bundle(state(args.epochs - 1), metrics)
+    b = ft.save_bundle(state(epochs - 1), metrics)
     print(
         f"val accuracy: fp32 {fp32_val:.4f}, PTQ int8 {ptq_val:.4f}, QAT int8 {qat_val:.4f} -> {b.root}",
         file=sys.stderr,
     )
     return b
-
-
-def run(args: argparse.Namespace) -> int:
-    qat(args)
-    return 0

@@ -1,7 +1,8 @@
 """The ``fer-edge`` command line.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
-modules load only when their command runs, so on-device commands never import torch.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``
+(the training and compression ones in :mod:`fer_edge.commands`, each a call into its library
+function); modules load only when their command runs, so on-device commands never import torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .errors import FerEdgeError
 # name -> (module, one-line help). Training and compression modules need the [train] extra.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
-        "fer_edge.train.supervised",
+        "fer_edge.commands.train",
         "supervised training: cross-entropy, noisy labels (mim-spl), valence-arousal (avce)",
     ),
     "eval": ("fer_edge.evaluate", "accuracy, macro-F1, per-class metrics and confusion matrix"),
@@ -28,11 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("fer_edge.verify", "check a model bundle's schema and file hashes"),
     "wrap": ("fer_edge.wrap", "wrap your own .onnx/.tflite/OpenVINO graph into a model bundle"),
     "pretrain": (
-        "fer_edge.train.pretrain",
+        "fer_edge.commands.pretrain",
         "self-supervised pretraining (MoCo v2, SimCLR, BYOL, FRA, HNCL, Shu et al.)",
     ),
     "probe": (
-        "fer_edge.train.probe",
+        "fer_edge.commands.probe",
         "linear / k-NN / fine-tune evaluation of an encoder at 1/10/100% labels",
     ),
     "bench": ("fer_edge.bench", "per-stage latency, FPS and memory on 640x480 frames"),
@@ -40,18 +41,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fer_edge.robustness",
         "accuracy under camera and detector shifts (margin, blur, JPEG, gamma, roll...)",
     ),
-    "distill": ("fer_edge.compress.distill", "distil a trained teacher into a small student"),
-    "prune": ("fer_edge.compress.prune", "structured channel pruning + fine-tuning (DepGraph)"),
+    "distill": ("fer_edge.commands.distill", "distil a trained teacher into a small student"),
+    "prune": ("fer_edge.commands.prune", "structured channel pruning + fine-tuning (DepGraph)"),
     "qat": (
-        "fer_edge.compress.qat",
+        "fer_edge.commands.qat",
         "INT8 quantisation-aware fine-tuning, with PTQ for comparison",
     ),
     "export": (
-        "fer_edge.compress.export",
+        "fer_edge.commands.export",
         "export to ONNX, TFLite or OpenVINO with a parity check",
     ),
     "pipeline": (
-        "fer_edge.train.pipeline",
+        "fer_edge.commands.pipeline",
         "the whole recipe: pretrain, teacher, distil, prune, QAT, export, report",
     ),
 }

@@ -516,13 +516,40 @@ def _read_clip_folders(root: Path, label_names, spec, use_cache, progress) -> Fa
 
 
 def _read_csv(path: Path, split, label_names, spec, use_cache, progress) -> FaceDataset:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = {c.strip().lower() for c in next(csv.reader(f), [])}
-    if {"emotion", "pixels"} <= header:
+    if is_kaggle_csv(path):
         return _read_kaggle_csv(path, split, label_names, spec)
     if split is not None:
         raise DatasetError(f"{path}: a label list has no splits; drop split={split!r}")
     return _read_label_list(path, label_names, spec, use_cache, progress)
+
+
+def _csv_columns(path: Path) -> set[str]:
+    """The lower-cased column names of a CSV's header row."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return {c.strip().lower() for c in next(csv.reader(f), [])}
+    except (UnicodeDecodeError, csv.Error) as e:  # binary junk, a field over csv's limit
+        raise DatasetError(f"{path} is not a readable UTF-8 CSV file: {e}") from None
+    except OSError as e:
+        raise DatasetError(f"{path} cannot be read: {e.strerror or e}") from None
+
+
+def is_kaggle_csv(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the Kaggle ``fer2013.csv`` (``emotion`` and ``pixels`` columns), whose
+    Usage column holds the train/val/test splits."""
+    path = Path(path)
+    return (
+        path.is_file()
+        and path.suffix.lower() == ".csv"
+        and {"emotion", "pixels"} <= _csv_columns(path)
+    )
+
+
+def holds_split(path: str | os.PathLike, split: str) -> bool:
+    """Whether ``path`` holds ``split``: a split root with a ``split`` folder, or the Kaggle CSV
+    (every split is a Usage value). The one place that tells a split root from a plain one."""
+    path = Path(path)
+    return (path / split).is_dir() if path.is_dir() else is_kaggle_csv(path)
 
 
 def load_dataset(
@@ -580,3 +607,54 @@ def _load_folder(root: Path, split, label_names, spec, cache, progress) -> FaceD
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
     atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _limit_per_class(ds: FaceDataset, per_class: int | None) -> FaceDataset:
+    if not per_class:
+        return ds
+    keep = np.concatenate(
+        [np.flatnonzero(ds.labels == c)[:per_class] for c in range(len(ds.label_names))]
+    )
+    return ds.subset(np.sort(keep))
+
+
+def load_train_val(
+    data: str | os.PathLike,
+    *,
+    spec: PreprocessSpec,
+    train_split: str = "train",
+    val_split: str = "val",
+    val_data: str | os.PathLike | None = None,
+    seed: int = 0,
+    limit_per_class: int | None = None,
+    label_fraction: float = 1.0,
+    progress: bool = False,
+) -> tuple[FaceDataset, FaceDataset]:
+    """The training and validation faces of a supervised run: ``train_split`` of a split root
+    (or the Kaggle CSV), else all of ``data``; validation from ``val_data``, else ``val_split``,
+    else a seeded, class-stratified 10% held out of training. Then at most ``limit_per_class``
+    training faces per class and a class-stratified ``label_fraction`` of them."""
+    has_splits = holds_split(data, train_split)
+    train = load_dataset(data, train_split if has_splits else None, spec=spec, progress=progress)
+    if val_data:
+        val = load_dataset(val_data, spec=spec)
+    elif has_splits and holds_split(data, val_split):
+        val = load_dataset(data, val_split, spec=spec)
+    else:
+        held = stratified_subset(train.labels, 0.1, seed=seed)
+        unlabelled = np.flatnonzero(train.labels < 0)  # valence/arousal-only rows
+        if len(unlabelled):
+            pick = np.random.default_rng(seed).choice(
+                unlabelled, max(1, len(unlabelled) // 10), replace=False
+            )
+            held = np.union1d(held, pick)
+        rest = np.setdiff1d(np.arange(len(train)), held)
+        train, val = train.subset(rest), train.subset(held)
+    if (train.labels < 0).all() and train.valence is None:
+        raise DatasetError(
+            f"{data} has no labels; supervised training needs class folders, a CSV or a label list"
+        )
+    train = _limit_per_class(train, limit_per_class)
+    if label_fraction < 1:
+        train = train.subset(stratified_subset(train.labels, label_fraction, seed=seed))
+    return train, val

@@ -18,17 +18,6 @@ from pathlib import Path
 
 import pytest
 
-# Library modules that import a command module today, left for the other half of issue 19
-# (commands as thin shells, a Python API for training): the cross-entropy method and the
-# evaluation helpers move out of the `fer-edge train` command module into a library module,
-# and these edges go. Remove an entry when its import goes; the test fails on stale entries.
-KNOWN_LIBRARY_TO_COMMAND: set[tuple[str, str]] = {
-    ("fer_edge.train.methods.mim_spl", "fer_edge.train.supervised"),  # issue 19, item 2
-    ("fer_edge.train.methods.avce", "fer_edge.train.supervised"),  # issue 19, item 2
-    ("fer_edge.compress.finetune", "fer_edge.train.supervised"),  # issue 19, item 2
-}
-
-
 # The packages whose sources live in their own top-level folders (pyproject.toml's package-dir);
 # their subpackages are found by walking those folders.
 TOP_PACKAGES = ("fer_edge", "fer_edge.train", "fer_edge.compress", "fer_edge.runtimes")
@@ -177,13 +166,10 @@ def test_fer_edge_modules_import_no_cycle():
 
 
 def test_no_library_module_imports_a_command_module():
-    edges = library_to_command_edges(import_graph())
-    unexpected = sorted(edges - KNOWN_LIBRARY_TO_COMMAND)
-    assert not unexpected, "library modules importing command modules:\n" + "\n".join(
-        f"{src} -> {dst}" for src, dst in unexpected
+    edges = sorted(library_to_command_edges(import_graph()))
+    assert not edges, "library modules importing command modules:\n" + "\n".join(
+        f"{src} -> {dst}" for src, dst in edges
     )
-    stale = sorted(KNOWN_LIBRARY_TO_COMMAND - edges)
-    assert not stale, f"KNOWN_LIBRARY_TO_COMMAND lists edges that are gone; remove them: {stale}"
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,6 @@ clear errors for bad checkpoints."""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -24,13 +22,7 @@ from fer_edge.train.model_io import load_model  # noqa: E402
 from fer_edge.train.nets import build, count_params  # noqa: E402
 from fer_edge.train.predictor import predict_logits  # noqa: E402
 
-QUICK = ["--batch-size", "32", "--limit-per-class", "8", "--no-progress", "--threads", "2"]
-
-
-def _parse(module, argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    module.add_arguments(p)
-    return p.parse_args(argv)
+QUICK = {"batch_size": 32, "limit_per_class": 8, "progress": False, "threads": 2}
 
 
 @pytest.fixture(scope="module")
@@ -52,29 +44,23 @@ def teacher(tmp_path_factory):
     return path
 
 
-def _distill_argv(teacher, data, out) -> list[str]:
+def _distill_options(teacher, data, out) -> dict:
     """The one-epoch distillation run the student fixture makes (and a test re-runs)."""
-    return [
-        "--teacher",
-        str(teacher),
-        "--student",
-        "compact_cnn",
-        "--data",
-        str(data),
-        "--epochs",
-        "1",
-        "--feat-weight",
-        "0.5",
-        "--out",
-        str(out),
-        *QUICK,
-    ]
+    return dict(
+        teacher=teacher,
+        student="compact_cnn",
+        data=data,
+        epochs=1,
+        feat_weight=0.5,
+        out=out,
+        **QUICK,
+    )
 
 
 @pytest.fixture(scope="module")
 def student(teacher, small_fer_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "run"
-    return distill.distill(_parse(distill, _distill_argv(teacher, small_fer_dir, out))).root
+    return distill.distill(**_distill_options(teacher, small_fer_dir, out)).root
 
 
 @pytest.mark.parametrize("arch", ["compact_cnn", "compact_cnn_wide", "mobilenetv3_small_075"])
@@ -100,49 +86,37 @@ def test_distill_writes_loadable_student(student, teacher, small_fer_dir):
     faces = load_dataset(small_fer_dir, "val").images[:5]
     assert predict_logits(lm.model, faces, lm.spec).shape == (5, 7) and lm.labels == FER_LABELS
     # A finished run resumes to the same bundle; an existing run is not overwritten by accident.
-    argv = _distill_argv(teacher, small_fer_dir, b.root.parent)
+    options = _distill_options(teacher, small_fer_dir, b.root.parent)
     with pytest.raises(InputError, match="--resume"):
-        distill.distill(_parse(distill, argv))
-    again = distill.distill(_parse(distill, [*argv, "--resume"]))
+        distill.distill(**options)
+    again = distill.distill(**options, resume=True)
     assert again.meta["files"] == b.meta["files"]
 
 
 def test_an_ensemble_of_one_teacher_twice_teaches_what_that_teacher_teaches(
     teacher, small_fer_dir, tmp_path
 ):
-    def trained(out, *extra):
-        argv = [*_distill_argv(teacher, small_fer_dir, tmp_path / out), *extra]
-        return load_checkpoint(distill.distill(_parse(distill, argv)).root.parent / "last.pt")
+    def trained(out, **changes):
+        options = {**_distill_options(teacher, small_fer_dir, tmp_path / out), **changes}
+        return load_checkpoint(distill.distill(**options).root.parent / "last.pt")
 
     one = trained("one")
-    twice = trained("twice", "--teacher", str(teacher))
+    twice = trained("twice", teacher=[teacher, str(teacher)])
     for k, v in one["model"].items():
         torch.testing.assert_close(v, twice["model"][k], msg=k)
     assert twice["config"]["teacher"] == [str(teacher)] * 2
     # flip-TTA soft targets and logit adjustment change what the student learns
-    other = trained("tta", "--teacher-tta", "--logit-adjust", "1.0")
+    other = trained("tta", teacher_tta=True, logit_adjust=1.0)
     assert other["config"]["teacher_tta"] and other["config"]["logit_adjust"] == 1.0
     assert any(not torch.equal(v, other["model"][k]) for k, v in one["model"].items())
 
 
 def test_prune_shrinks_reloads_and_resumes(student, small_fer_dir, tmp_path):
     out = tmp_path / "prune"
-    argv = [
-        "--model",
-        str(student),
-        "--data",
-        str(small_fer_dir),
-        "--ratio",
-        "0.5",
-        "--epochs",
-        "2",
-        "--steps",
-        "2",
-        "--out",
-        str(out),
-        *QUICK,
-    ]
-    b = prune.prune(_parse(prune, argv))
+    options = dict(
+        model=student, data=small_fer_dir, ratio=0.5, epochs=2, steps=2, out=out, **QUICK
+    )
+    b = prune.prune(**options)
     m = b.meta["metrics"]
     assert (
         m["after"]["params"] < 0.5 * m["before"]["params"]
@@ -154,43 +128,21 @@ def test_prune_shrinks_reloads_and_resumes(student, small_fer_dir, tmp_path):
     logits = predict_logits(lm.model, faces, lm.spec)
     # Resuming the finished run rebuilds the pruned network from last.pt's structure record.
     (out / "bundle" / "model.json").unlink()
-    again = prune.prune(_parse(prune, [*argv, "--resume"]))
+    again = prune.prune(**options, resume=True)
     np.testing.assert_allclose(
         predict_logits(load_model(again.root).model, faces, lm.spec), logits, atol=1e-5
     )
 
 
 def test_prune_refuses_bad_ratio(student, small_fer_dir, tmp_path):
-    argv = [
-        "--model",
-        str(student),
-        "--data",
-        str(small_fer_dir),
-        "--ratio",
-        "1.2",
-        "--out",
-        str(tmp_path),
-        *QUICK,
-    ]
     with pytest.raises(InputError, match="--ratio"):
-        prune.prune(_parse(prune, argv))
+        prune.prune(model=student, data=small_fer_dir, ratio=1.2, out=tmp_path, **QUICK)
 
 
 def test_qat_writes_int8_model_with_ptq_row(student, small_fer_dir, tmp_path):
-    argv = [
-        "--model",
-        str(student),
-        "--data",
-        str(small_fer_dir),
-        "--epochs",
-        "1",
-        "--calib-faces",
-        "64",
-        "--out",
-        str(tmp_path / "qat"),
-        *QUICK,
-    ]
-    b = qat.qat(_parse(qat, argv))
+    b = qat.qat(
+        model=student, data=small_fer_dir, epochs=1, calib_faces=64, out=tmp_path / "qat", **QUICK
+    )
     assert b.precision == "int8" and b.meta["model"]["kind"] == "qat"
     m = b.meta["metrics"]
     assert {"val", "val_fp32", "val_ptq_int8"} <= set(m) and 0 <= m["val_ptq_int8"]["accuracy"] <= 1

@@ -3,12 +3,12 @@ train a few steps on real faces and must end with identical weights, queues and 
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 
 import torch
 import torch.multiprocessing as mp
+from train_helpers import command_options
 
 from fer_edge.train import methods, pretrain
 from fer_edge.train.checkpoint import load_checkpoint
@@ -34,9 +34,7 @@ def _worker(rank: int, world: int, jobs: list[tuple[int, list[str], str]]) -> No
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
-        p = argparse.ArgumentParser()
-        pretrain.add_arguments(p)
-        model = pretrain.fit(p.parse_args(argv))
+        model = pretrain.fit(**command_options("pretrain", argv))
         torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 

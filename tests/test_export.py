@@ -3,7 +3,6 @@ runtimes and agrees with PyTorch; a failing parity check writes nothing."""
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
@@ -26,12 +25,6 @@ from fer_edge.train.augment import to_input  # noqa: E402
 from fer_edge.train.model_io import load_model, save_model_bundle  # noqa: E402
 from fer_edge.train.nets import build  # noqa: E402
 from fer_edge.train.predictor import predict_logits  # noqa: E402
-
-
-def _parse(module, argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    module.add_arguments(p)
-    return p.parse_args(argv)
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +64,17 @@ def float_bundle(small_fer_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def qat_bundle(float_bundle, small_fer_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "run"
-    argv = [
-        "--model",
-        str(float_bundle),
-        "--data",
-        str(small_fer_dir),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--limit-per-class",
-        "8",
-        "--calib-faces",
-        "64",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--threads",
-        "2",
-    ]
-    return qat.qat(_parse(qat, argv)).root
+    return qat.qat(
+        model=float_bundle,
+        data=small_fer_dir,
+        epochs=1,
+        batch_size=32,
+        limit_per_class=8,
+        calib_faces=64,
+        out=out,
+        progress=False,
+        threads=2,
+    ).root
 
 
 @pytest.fixture(scope="module")
@@ -99,19 +83,7 @@ def val_faces(small_fer_dir):
 
 
 def _export(model, target, data, out, int8=False):
-    argv = [
-        "--model",
-        str(model),
-        "--target",
-        target,
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--calib-faces",
-        "64",
-    ]
-    return export.export(_parse(export, argv + (["--int8"] if int8 else [])))
+    return export.export(model, target=target, data=data, out=out, calib_faces=64, int8=int8)
 
 
 @pytest.mark.parametrize(

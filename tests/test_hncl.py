@@ -4,13 +4,13 @@ heatmap encoder moves both channels together and is refused where only faces are
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import command_options
 
 pytest.importorskip("ai_edge_litert")
 
@@ -28,10 +28,8 @@ from fer_edge.train.supervised import init_from  # noqa: E402
 SIZE = 24
 
 
-def pretrain_args(data, out, *extra: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    pretrain.add_arguments(p)
-    return p.parse_args([
+def pretrain_args(data, out, *extra: str) -> dict:
+    return command_options("pretrain", [
         "--method", "hncl", "--data", str(data), "--out", str(out), "--arch", "vgg_small",
         "--size", str(SIZE), "--batch-size", "32", "--limit", "160", "--warmup-epochs", "0.5",
         "--threads", "1", "--no-progress", "--set", "hidden=256", "--set", "queue=64", *extra,
@@ -148,7 +146,7 @@ def test_neighbour_positives_are_the_heatmap_nearest_queue_entries(val_faces):
 
 def test_loss_falls_and_checkpoint_initialises_fine_tuning(small_fer_dir, tmp_path):
     run = tmp_path / "hncl"
-    model = pretrain.fit(pretrain_args(small_fer_dir, run, "--epochs", "4", "--lr", "1.0"))
+    model = pretrain.fit(**pretrain_args(small_fer_dir, run, "--epochs", "4", "--lr", "1.0"))
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curve = [h["loss"] for h in history]
     assert len(curve) == 4 and all(np.isfinite(curve))
@@ -200,7 +198,7 @@ def test_classifier_metrics_and_two_channel_checkpoint_refused(small_fer_dir, tm
     # --init and probe with the reason instead of silently dropping its first layer
     run = tmp_path / "two"
     args = pretrain_args(small_fer_dir, run, "--epochs", "1", "--set", "heatmap_channel=true")
-    pretrain.fit(args)
+    pretrain.fit(**args)
     state = load_checkpoint(run / "last.pt", require=("backbone", "in_channels"))
     assert state["in_channels"] == 2 and state["backbone"]["body.0.0.weight"].shape[1] == 2
     assert np.isfinite(json.loads((run / "metrics.jsonl").read_text())["loss"])

@@ -17,7 +17,12 @@ from fer_edge.bundle import load_bundle  # noqa: E402
 from fer_edge.cli import main  # noqa: E402
 from fer_edge.compress import parity  # noqa: E402
 from fer_edge.errors import InputError  # noqa: E402
-from fer_edge.train.pipeline import load_config, to_argv  # noqa: E402
+from fer_edge.train.pipeline import (  # noqa: E402
+    PipelineStateError,
+    load_config,
+    read_state,
+    run_pipeline,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ROWS = ["teacher", "student_fp32", "pruned", "ptq_int8", "qat_int8"]
@@ -46,6 +51,9 @@ def test_every_stage_runs_and_the_report_holds_every_row(pipeline_run):
     report = json.loads((out / "report.json").read_text())
     assert list(report["rows"])[: len(ROWS)] == ROWS
     assert set(report["stages"]) >= {"pretrain", "teacher", "distill", "prune", "qat"}
+    # export is a stage of its own, recorded like the training stages, before the report
+    assert set(report["stages"]) >= {f"export/{row}_tflite" for row in ROWS}
+    assert (out / "export" / "qat_int8_tflite" / "model.json").is_file()
     for name in ROWS:
         row = report["rows"][name]
         assert 0 <= row["test_accuracy"] <= 1 and row["params"] > 0 and row["macs"] > 0
@@ -90,18 +98,6 @@ def test_shipped_bundles_run_in_the_sdk_with_their_provenance(pipeline_run, medi
         assert len(faces) == 1 and abs(float(faces[0].probs.sum()) - 1) < 1e-4
 
 
-def test_to_argv_maps_options_to_flags():
-    assert to_argv({"lr": 0.05, "no_amp": True, "resume": False, "set": ["a=1", "b=2"]}) == [
-        "--lr",
-        "0.05",
-        "--no-amp",
-        "--set",
-        "a=1",
-        "--set",
-        "b=2",
-    ]
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -124,4 +120,64 @@ def test_a_bad_stage_option_names_the_stage(small_fer_dir, tmp_path, capsys):
     path.write_text(f"data: {small_fer_dir}\nout: {tmp_path / 'o'}\nteacher: {{archh: vgg}}\n")
     assert main(["pipeline", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "stage 'teacher'" in err and "--archh" in err
+    assert "stage 'teacher'" in err and "archh" in err
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ("teacher: {archh: vgg}", r"stage 'teacher': unknown option\(s\) archh"),
+        ("teacher: {epochs: many}", "stage 'teacher': epochs: 'many' is not a int"),
+        ("teacher: {arch: vgg}\ndistill: {alpha: high}", "stage 'distill': alpha: 'high'"),
+        ("teacher: {arch: vgg}\nqat: {batch_size: 1.5}", "stage 'qat': batch_size: 1.5"),
+        ("teacher: {arch: vgg}\nexport: {options: {parity_faces: x}}", "stage 'export': parity"),
+    ],
+)
+def test_recipe_options_are_checked_against_the_stage_functions_before_any_stage_runs(
+    small_fer_dir, tmp_path, sections, message
+):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"data: {small_fer_dir}\nout: {tmp_path / 'o'}\n{sections}\n")
+    with pytest.raises(InputError, match=message):
+        run_pipeline(path)
+    assert not (tmp_path / "o").exists()
+
+
+STAGE = '"wall_s": 1.5, "result": "r", "options": {}'
+
+
+def _state(stages: str) -> str:
+    return '{"stages": {' + stages + "}}"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"stages": ', "is not JSON"),
+        ('{"steps": {}}', "holds no 'stages' mapping"),
+        (_state('"teachr": {' + STAGE + "}"), "unknown stage 'teachr'"),
+        ('{"stages": {"teacher": [1]}}', "stage 'teacher' is not a mapping"),
+        (
+            '{"stages": {"teacher": {"wall_s": "fast", "result": "r", "options": {}}}}',
+            "wall_s 'fast'",
+        ),
+        # an older layout: the command line instead of the options
+        ('{"stages": {"qat": {"wall_s": 1, "result": "r", "argv": []}}}', "options None"),
+        (_state('"qat": {' + STAGE + ', "argv": []}'), "unknown field.*argv"),
+    ],
+)
+def test_a_damaged_or_foreign_state_file_is_refused_naming_the_problem(tmp_path, text, problem):
+    path = tmp_path / "pipeline.json"
+    path.write_text(text)
+    with pytest.raises(PipelineStateError, match=problem) as e:
+        read_state(path)
+    assert f"delete {path}" in str(e.value)
+
+
+def test_the_command_reports_a_damaged_state_file_as_an_error(small_fer_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "pipeline.json").write_text('{"stages": {"teacher": {"wall_s": true}}}')
+    argv = ["pipeline", "--config", str(RECIPES / "ci.yaml"), "--data", str(small_fer_dir)]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "pipeline.json: stage 'teacher' has wall_s True" in capsys.readouterr().err

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
+from train_helpers import command_options
 
 from fer_edge.cli import main
 from fer_edge.data import load_dataset, stratified_subset
@@ -42,9 +42,7 @@ def test_linear_probe_picks_c_on_val_and_covers_absent_classes(rng):
 
 
 def test_probe_protocols_end_to_end(small_fer_dir, tmp_path):
-    p = argparse.ArgumentParser()
-    pretrain.add_arguments(p)
-    pretrain.fit(p.parse_args([
+    pretrain.fit(**command_options("pretrain", [
         "--method", "byol", "--data", str(small_fer_dir), "--out", str(tmp_path / "ssl"),
         "--arch", "vgg_small", "--size", "24", "--batch-size", "32", "--limit", "64", "--epochs", "1",
         "--threads", "1", "--no-progress", "--set", "hidden=128",

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.spatial import Delaunay
+from train_helpers import command_options
 
 pytest.importorskip("ai_edge_litert")
 
@@ -268,15 +269,13 @@ def clip_tree(faces, tmp_path_factory):
 
 
 def run_losses(data, out, method, *settings) -> list[float]:
-    p = pretrain.argparse.ArgumentParser()
-    pretrain.add_arguments(p)
-    args = p.parse_args([
+    args = command_options("pretrain", [
         "--method", method, "--data", str(data), "--out", str(out), "--arch", "vgg_small",
         "--size", "24", "--batch-size", "32", "--limit", "96", "--warmup-epochs", "0.5",
         "--epochs", "8", "--threads", "1", "--no-progress", "--set", "hidden=256",
         *[x for s in settings for x in ("--set", s)],
     ])  # fmt: skip
-    pretrain.fit(args)
+    pretrain.fit(**args)
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

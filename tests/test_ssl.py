@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from train_helpers import command_options
 
 from fer_edge.cli import main
 from fer_edge.errors import DatasetError, InputError
@@ -22,10 +22,8 @@ from fer_edge.train.supervised import init_from
 SIZE = 24  # vgg_small at 24 px: a 3x3 dense map, enough for the region branch and fast on CPU
 
 
-def pretrain_args(data, out, method="fra", *extra: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    pretrain.add_arguments(p)
-    return p.parse_args([
+def pretrain_args(data, out, method="fra", *extra: str) -> dict:
+    return command_options("pretrain", [
         "--method", method, "--data", str(data), "--out", str(out), "--arch", "vgg_small",
         "--size", str(SIZE), "--batch-size", "32", "--limit", "160", "--warmup-epochs", "0.5",
         "--threads", "1", "--no-progress", "--set", "hidden=256", *extra,
@@ -45,7 +43,7 @@ EXTRA = {"moco": ("--set", "queue=64", "--lr", "1.0")}
 def test_loss_falls_on_real_faces(small_fer_dir, tmp_path, method):
     out = tmp_path / method
     model = pretrain.fit(
-        pretrain_args(small_fer_dir, out, method, "--epochs", "4", *EXTRA.get(method, ()))
+        **pretrain_args(small_fer_dir, out, method, "--epochs", "4", *EXTRA.get(method, ()))
     )
     curve = losses(out)
     assert len(curve) == 4 and all(np.isfinite(curve))
@@ -62,7 +60,7 @@ def test_loss_falls_on_real_faces(small_fer_dir, tmp_path, method):
 
 def test_checkpoint_initialises_supervised_training(small_fer_dir, tmp_path):
     run = tmp_path / "ssl"
-    pretrain.fit(pretrain_args(small_fer_dir, run, "simclr", "--epochs", "1"))
+    pretrain.fit(**pretrain_args(small_fer_dir, run, "simclr", "--epochs", "1"))
     backbone = load_checkpoint(run / "last.pt", require=("backbone",))["backbone"]
     net = build("vgg_small")
     assert init_from(net, str(run / "last.pt")) == len(net.backbone.state_dict())
@@ -77,7 +75,7 @@ def test_checkpoint_initialises_supervised_training(small_fer_dir, tmp_path):
 
 
 def test_resume_continues_exactly(small_fer_dir, tmp_path, monkeypatch):
-    whole = pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "whole", "fra", "--epochs", "2"))
+    whole = pretrain.fit(**pretrain_args(small_fer_dir, tmp_path / "whole", "fra", "--epochs", "2"))
 
     class Killed(Exception):
         pass
@@ -90,12 +88,12 @@ def test_resume_continues_exactly(small_fer_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine.Run, "end_epoch", end_then_die)
     with pytest.raises(Killed):
-        pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2"))
+        pretrain.fit(**pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2"))
     monkeypatch.setattr(engine.Run, "end_epoch", real_end)
     with pytest.raises(InputError, match="--resume"):
-        pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2"))
+        pretrain.fit(**pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2"))
     resumed = pretrain.fit(
-        pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2", "--resume")
+        **pretrain_args(small_fer_dir, tmp_path / "cut", "fra", "--epochs", "2", "--resume")
     )
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
@@ -119,7 +117,7 @@ def test_fra_heatmaps_and_plain_unlabelled_folder(small_fer_dir, tmp_path):
         "--heatmap-faces",
         "3",
     )
-    model = pretrain.fit(args)
+    model = pretrain.fit(**args)
     assert model.cfg["tau"] == 1.1 and model.cfg["diversity"] > 0
     pngs = sorted(heat.glob("*.png"))
     assert len(pngs) == 3
@@ -152,12 +150,12 @@ def test_help_lists_every_method(capsys):
 
 
 def test_a_queue_spanning_the_dataset_is_warned_about(small_fer_dir, tmp_path, capsys):
-    pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "big", "moco", "--epochs", "1"))
+    pretrain.fit(**pretrain_args(small_fer_dir, tmp_path / "big", "moco", "--epochs", "1"))
     assert "the queue (4096 keys) is not smaller than the dataset (160 faces)" in (
         capsys.readouterr().err
     )
     pretrain.fit(
-        pretrain_args(small_fer_dir, tmp_path / "ok", "moco", "--epochs", "1", *EXTRA["moco"])
+        **pretrain_args(small_fer_dir, tmp_path / "ok", "moco", "--epochs", "1", *EXTRA["moco"])
     )
     assert "warning" not in capsys.readouterr().err
 
@@ -174,10 +172,12 @@ def test_bad_input_is_refused(small_fer_dir, tmp_path, capsys):
         methods.settings("m", {"flag": False}, {}, {"flag": "maybe"})
     with pytest.raises(InputError, match="region heatmaps"):
         pretrain.fit(
-            pretrain_args(small_fer_dir, tmp_path / "a", "byol", "--heatmaps", str(tmp_path / "h"))
+            **pretrain_args(
+                small_fer_dir, tmp_path / "a", "byol", "--heatmaps", str(tmp_path / "h")
+            )
         )
     with pytest.raises(DatasetError, match="fewer than one batch"):
-        pretrain.fit(pretrain_args(small_fer_dir, tmp_path / "b", "byol", "--batch-size", "512"))
+        pretrain.fit(**pretrain_args(small_fer_dir, tmp_path / "b", "byol", "--batch-size", "512"))
     assert (
         main(
             [

@@ -37,3 +37,15 @@ def kill_after_first_epoch(cmd: list[str], run: Path, timeout: float = 120) -> i
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return len(logged_epochs(run))
+
+
+def command_options(command: str, argv: list[str]) -> dict:
+    """The keyword arguments ``fer-edge COMMAND ARGV`` passes to its library function."""
+    import argparse
+    import importlib
+
+    from fer_edge.commands.options import keyword_arguments
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"fer_edge.commands.{command}").add_arguments(parser)
+    return keyword_arguments(parser.parse_args(argv))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fer_edge.errors import InputError
 from fer_edge.preprocess import PreprocessSpec
 
 
@@ -186,6 +187,13 @@ def camera_augment(spec: PreprocessSpec) -> FaceAugment:
 
 # --augment: the training augmentations by name
 AUGMENTS = {"standard": supervised_augment, "camera": camera_augment}
+
+
+def training_augment(name: str, spec: PreprocessSpec) -> FaceAugment:
+    """The supervised augmentation called ``name`` (a key of :data:`AUGMENTS`)."""
+    if name not in AUGMENTS:
+        raise InputError(f"unknown augment {name!r}; choose from {', '.join(AUGMENTS)}")
+    return AUGMENTS[name](spec)
 
 
 def ssl_augment(spec: PreprocessSpec) -> FaceAugment:

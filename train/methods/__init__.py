@@ -1,7 +1,7 @@
 """Self-supervised pretraining methods, one file each.
 
 A method module defines ``HELP`` (one line), ``DEFAULTS`` (its hyperparameters, overridable with
-``fer-edge pretrain --set KEY=VALUE``), ``OPTIM`` (default optimizer, learning rate per 256
+``fer-edge pretrain --set KEY=VALUE``, ``settings=`` in Python), ``OPTIM`` (default optimizer, learning rate per 256
 images, weight decay), ``SYNC_BN`` (whether multi-GPU runs convert BatchNorm to SyncBatchNorm)
 and ``Model(arch, in_channels, cfg)``: an ``nn.Module`` with ``backbone`` (the online backbone,
 key-compatible with ``FaceNet.backbone``), ``forward(view1, view2) -> {"loss": ..., parts}`` and
@@ -71,32 +71,22 @@ def get(name: str) -> ModuleType:
     return METHODS[name][0]
 
 
-def parse_settings(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set wants KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def config(name: str, overrides: dict[str, str] | None = None) -> dict:
-    """The method's hyperparameters: defaults, then the variant's, then ``overrides`` (strings
-    from the command line, converted to the default's type)."""
+def config(name: str, overrides: dict | None = None) -> dict:
+    """The method's hyperparameters: defaults, then the variant's, then ``overrides`` (values or
+    strings from the command line, converted to the default's type)."""
     return settings(name, get(name).DEFAULTS, METHODS[name][1], overrides)
 
 
-def settings(
-    name: str, defaults: dict, variant: dict, overrides: dict[str, str] | None = None
-) -> dict:
-    """``defaults``, then ``variant``, then the command line's ``overrides`` (converted to the
-    default's type); unknown keys and unconvertible values are refused naming the method."""
+def settings(name: str, defaults: dict, variant: dict, overrides: dict | None = None) -> dict:
+    """``defaults``, then ``variant``, then ``overrides`` (converted to the default's type: the
+    command line's ``--set`` gives strings, Python and recipes give values); unknown keys and
+    unconvertible values are refused naming the method."""
     cfg = {**defaults, **variant}
-    for key, raw in (overrides or {}).items():
+    for key, value in (overrides or {}).items():
         if key not in cfg:
             raise InputError(f"{name} has no setting {key!r}; it has {', '.join(sorted(cfg))}")
         kind = type(defaults[key])
+        raw = value if isinstance(value, str) else str(value)  # 0.5 is refused for an int
         try:
             cfg[key] = _parse_bool(raw) if kind is bool else kind(raw)
         except ValueError:

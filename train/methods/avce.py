@@ -38,8 +38,8 @@ from fer_edge.errors import DatasetError
 from fer_edge.metrics import VA_AXES, classification_report, va_report
 from fer_edge.preprocess import PreprocessSpec
 
+from ..objective import CrossEntropy
 from ..predictor import predict_logits
-from ..supervised import CrossEntropy
 
 HELP = (
     "valence/arousal regression + AVCE contrast, plus cross-entropy where a face has a class; "
@@ -172,18 +172,18 @@ def _va_targets(ds: FaceDataset, what: str) -> np.ndarray:
 
 class Objective(CrossEntropy):
     """Valence/arousal from the last two outputs of the head, K class logits before them; see
-    :class:`fer_edge.train.supervised.CrossEntropy` for the interface. Faces without both
+    :class:`fer_edge.train.objective.CrossEntropy` for the interface. Faces without both
     valence and arousal add no regression loss; faces labelled -1 add no cross-entropy."""
 
     select = "val_ccc"
 
-    def __init__(self, net, train, val, cfg, args, device, true_labels):
+    def __init__(self, net, train, val, cfg, setup):
         va = _va_targets(train, "training data")
         _va_targets(val, "validation data")  # refused now, not after the first epoch
-        super().__init__(net, train, val, cfg, args, device, true_labels)
+        super().__init__(net, train, val, cfg, setup)
         self.cfg, self.k = cfg, len(train.label_names)
-        self.known = torch.from_numpy(np.isfinite(va).all(axis=1)).to(device)
-        self.targets = torch.from_numpy(np.nan_to_num(va)).to(device)
+        self.known = torch.from_numpy(np.isfinite(va).all(axis=1)).to(setup.device)
+        self.targets = torch.from_numpy(np.nan_to_num(va)).to(setup.device)
         self.extra["views"] = AvceViews(net.feat_dim, cfg)
 
     @staticmethod

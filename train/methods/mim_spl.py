@@ -51,10 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_edge.errors import InputError
-from fer_edge.preprocess import PreprocessSpec
 
 from ..augment import to_input
-from ..supervised import CrossEntropy
+from ..objective import CrossEntropy
 
 HELP = "MIM-SPL: masked image modelling + GMM clean/noisy split + retrieval relabelling"
 DEFAULTS = {
@@ -256,27 +255,28 @@ class Objective(CrossEntropy):
     """See the module docstring. State between epochs: the training targets (one-hot or soft
     label per sample) and the clean mask, kept in ``state_dict`` so ``--resume`` is exact."""
 
-    def __init__(self, net, train, val, cfg, args, device, true_labels):
-        super().__init__(net, train, val, cfg, args, device, true_labels)
+    def __init__(self, net, train, val, cfg, setup):
+        super().__init__(net, train, val, cfg, setup)
+        spec, device = setup.spec, setup.device
         self.cfg = cfg
         for key in ("threshold", "mask_ratio", "momentum"):
             if not 0 < cfg[key] < 1:
                 raise InputError(f"mim-spl setting {key} must lie in (0, 1), got {cfg[key]}")
-        if cfg["patch"] < 1 or args.size % cfg["patch"]:
-            raise InputError(f"mim-spl setting patch={cfg['patch']} must divide --size {args.size}")
+        if cfg["patch"] < 1 or spec.size % cfg["patch"]:
+            raise InputError(f"mim-spl setting patch={cfg['patch']} must divide --size {spec.size}")
         if cfg["parts"] < 1 or cfg["warmup"] < 1 or cfg["dcl_tau"] <= 0:
             raise InputError("mim-spl settings want parts >= 1, warmup >= 1 and dcl_tau > 0")
         self.device = device
-        self.spec = PreprocessSpec(size=args.size, channels=args.channels)
+        self.spec = spec
         self.images = train.images
-        self.true_labels = torch.from_numpy(true_labels).to(device)
-        self.grid = args.size // cfg["patch"]
+        self.true_labels = torch.from_numpy(setup.true_labels).to(device)
+        self.grid = spec.size // cfg["patch"]
         k, dim = net.head.out_features, net.feat_dim
         self.num_classes = k
         self.extra = nn.ModuleDict(
             {
                 "local": PartHeads(dim, k, int(cfg["parts"])),
-                "decoder": PatchDecoder(dim, args.channels * cfg["patch"] ** 2),
+                "decoder": PatchDecoder(dim, spec.channels * cfg["patch"] ** 2),
                 "distributions": ClassDistributions(k, dim, cfg["momentum"]),
             }
         )
