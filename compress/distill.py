@@ -84,11 +84,8 @@ def distill(
         "temperature": temperature,
         "alpha": alpha,
         "feat_weight": feat_weight,
-        "size": spec.size,
-        "channels": spec.channels,
     }
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
-    torch.manual_seed(ft.seed)
     t_nets = [t.model.to(ft.device).eval() for t in teachers]
     t_net = t_nets[0]  # the one feature distillation follows
     counts = torch.bincount(ft.labels[ft.labels >= 0], minlength=len(labels)).float()

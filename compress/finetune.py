@@ -56,6 +56,8 @@ class Finetune:
         self.out = Path(out)
         self.config = {
             **config,
+            "size": spec.size,
+            "channels": spec.channels,
             "data": str(Path(data).resolve()),
             "epochs": epochs,
             "batch_size": batch_size,
@@ -86,6 +88,7 @@ class Finetune:
         self.labels = torch.from_numpy(self.train.labels).to(self.device)
         self.augment = training_augment(augment, spec)
         self.start_epoch = 0 if self.resume_state is None else int(self.resume_state["epoch"]) + 1
+        torch.manual_seed(seed)  # the caller builds its network next
 
     def autocast(self):
         """bf16 autocast where training uses it (``engine.autocast``), unless ``amp=False``."""

@@ -78,11 +78,8 @@ def prune(
         "model": str(model),
         "ratio": ratio,
         "steps": steps,
-        "size": spec.size,
-        "channels": spec.channels,
     }
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
-    torch.manual_seed(ft.seed)
     net = src.model.to(ft.device)
     before = model_cost(net, spec)
     done = 0  # pruning steps applied to ``net``

@@ -59,11 +59,8 @@ def qat(
         "method": "qat",
         "arch": src.state["arch"],
         "model": str(model),
-        "size": spec.size,
-        "channels": spec.channels,
     }
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
-    torch.manual_seed(ft.seed)
     dev = ft.device
     float_model = src.model.to(dev).eval()
     calib = calibration_faces(ft.train.images, ft.train.labels, calib_faces, ft.seed)
