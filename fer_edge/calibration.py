@@ -4,7 +4,7 @@ the reliability diagram.
 A network trained with cross-entropy is usually over-confident: of the faces it calls "happy
 0.9", fewer than 90% are happy. Dividing the logits by one temperature T, fitted to minimise the
 negative log-likelihood on the validation split (Guo et al., 2017), fixes most of that without
-changing any decision (the argmax stays). ``fer-edge calibrate`` (:mod:`fer_edge.calibrate`)
+changing any decision (the argmax stays). :func:`fer_edge.bundle_calibration.calibrate` (``fer-edge calibrate``)
 fits T and stores it in the bundle's model.json (``model.temperature``); the SDK divides by it
 before the softmax (:func:`softmax`), so a kiosk that thresholds on ``face.score`` thresholds
 on a probability.

@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("fer_edge.bench", "per-stage latency, FPS and memory on 640x480 frames"),
     "robustness": (
-        "fer_edge.robustness",
+        "fer_edge.commands.robustness",
         "accuracy under camera and detector shifts (margin, blur, JPEG, gamma, roll...)",
     ),
     "distill": ("fer_edge.commands.distill", "distil a trained teacher into a small student"),

