@@ -19,7 +19,14 @@ from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.preprocess import normalize
 from fer_edge.runtimes import load_runtime
 from fer_edge.runtimes.openvino import PRECISION_HINTS
-from fer_edge.train.model_io import LoadedModel, git_commit, load_model, va_meta
+from fer_edge.train.model_io import (
+    LoadedModel,
+    git_commit,
+    load_model,
+    model_from_state,
+    qat_source_state,
+    va_meta,
+)
 from fer_edge.train.predictor import predict_logits
 
 from . import parity
@@ -156,6 +163,16 @@ def export(
         raise InputError(f"--opset must be 17 or later, got {opset}")
     model = export_model_name(model)
     lm = load_model(model)
+    if lm.kind == "qat" and target == "onnx" and not int8:
+        # ONNX is FP32 only: the QAT model's float source is what an FP32 target deploys (the
+        # shipped default student is a QAT model, and `--target onnx` alone must still work).
+        print(
+            f"fer-edge export: {model} is a QAT (INT8) model and ONNX is FP32; exporting the "
+            "float network it was quantised from",
+            file=sys.stderr,
+        )
+        state = qat_source_state(lm.state)
+        lm = LoadedModel(model_from_state(state), lm.labels, lm.spec, state)
     int8 = bool(int8 or lm.kind == "qat")
     if int8 and target == "onnx":
         raise InputError("ONNX export is FP32; use --target tflite or openvino for INT8")

@@ -156,6 +156,22 @@ def test_onnx_int8_is_refused(float_bundle, small_fer_dir, tmp_path):
         _export(float_bundle, "onnx", small_fer_dir, tmp_path / "out", int8=True)
 
 
+def test_a_qat_model_to_onnx_exports_the_float_network_it_was_quantised_from(
+    float_bundle, qat_bundle, small_fer_dir, val_faces, tmp_path, capsys
+):
+    """The shipped default student is a QAT model: ``--target onnx`` alone exports its FP32
+    source and says so, instead of refusing; asking for INT8 ONNX is still refused."""
+    b = _export(qat_bundle, "onnx", small_fer_dir, tmp_path / "out")
+    assert "exporting the float network it was quantised from" in capsys.readouterr().err
+    assert b.precision == "fp32" and b.meta["source"]["kind"] == "float"
+    source = load_model(float_bundle)
+    ref = predict_logits(source.model, val_faces.images, source.spec)
+    got = load_runtime(b, num_threads=1).run(normalize(val_faces.images, b.preprocess))
+    assert np.abs(got - ref).max() < 1e-3  # the float source's logits, not the QAT model's
+    with pytest.raises(InputError, match="ONNX export is FP32"):
+        _export(qat_bundle, "onnx", small_fer_dir, tmp_path / "int8", int8=True)
+
+
 def test_cli_refuses_corrupt_checkpoint(small_fer_dir, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")

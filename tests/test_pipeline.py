@@ -64,10 +64,58 @@ def test_every_stage_runs_and_the_report_holds_every_row(pipeline_run):
     assert report["rows"]["pruned"]["params"] < report["rows"]["student_fp32"]["params"]
     qat, fp32 = report["rows"]["qat_int8"], report["rows"]["pruned"]
     assert qat["tflite"]["bytes"] < fp32["tflite"]["bytes"]
-    for png in ("curves.png", "latency.png", "confusion_teacher.png", "confusion_shipped.png"):
+    pngs = ["curves.png", "latency.png", "confusion_teacher.png", "confusion_shipped.png"]
+    for png in [*pngs, "reliability_shipped.png", "robustness.png"]:
         assert (out / png).stat().st_size > 1000
     md = (out / "report.md").read_text()
     assert all(f"| {name} |" in md for name in ROWS)
+    for png in ("reliability_shipped.png", "robustness.png"):
+        assert f"({png})" in md
+    assert "| model | format | T | ECE | worst-shift acc | worst shift |" in md
+
+
+def test_every_exported_bundle_is_calibrated_on_val_and_still_verifies(pipeline_run, capsys):
+    _, out, _, _ = pipeline_run
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    exported = sorted(p for p in (out / "export").iterdir() if (p / "model.json").is_file())
+    assert len(exported) == 13  # 3 formats x 3 float rows, 2 INT8 formats x 2 INT8 rows
+    for bundle in exported:
+        b = load_bundle(bundle)
+        fit = b.meta["metrics"]["calibration"]
+        assert fit["split"] == "val" and fit["faces"] == 105
+        assert b.temperature == fit["temperature"] != 1.0
+        assert fit["nll_after"] <= fit["nll_before"]
+        assert stages[f"calibrate/{bundle.name}"]["options"]["model"] == str(bundle)
+        assert main(["verify", str(bundle)]) == 0, capsys.readouterr().err
+
+
+def test_the_report_gives_the_calibrated_ece_and_the_worst_shift_of_the_shipped_models(
+    pipeline_run,
+):
+    _, out, _, _ = pipeline_run
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
+    for name in ROWS:
+        for fmt in ["tflite", "openvino"] + ([] if name.endswith("int8") else ["onnx"]):
+            cell = rows[name][fmt]
+            assert (
+                0 <= cell["ece"] <= 1
+                and cell["temperature"] == load_bundle(cell["bundle"]).temperature
+            )
+    shifted = report["robustness"]
+    assert shifted["faces"] == 35  # the recipe's class-stratified sample
+    shipped = {"qat_int8_tflite", "qat_int8_openvino", "pruned_onnx"}
+    assert shipped <= set(shifted["models"])
+    for name in shipped:
+        row, fmt = name.rsplit("_", 1)
+        worst = shifted["models"][name]["worst"]
+        assert rows[row][fmt]["worst_shift"] == {
+            "accuracy": worst["accuracy"],
+            "shift": f"{worst['shift']} {worst['level']}",
+        }
+        assert worst["accuracy"] <= shifted["models"][name]["clean"]
+    assert "worst_shift" not in rows["teacher"]["tflite"]  # only the shipped models are shifted
+    assert "| worst |" in (out / "robustness.md").read_text()
 
 
 def test_a_finished_pipeline_is_not_run_again(pipeline_run, monkeypatch):
@@ -85,9 +133,9 @@ def test_a_finished_pipeline_is_not_run_again(pipeline_run, monkeypatch):
 def test_shipped_bundles_run_in_the_sdk_with_their_provenance(pipeline_run, media_root):
     _, _, ship, _ = pipeline_run
     names = sorted(p.name for p in ship.iterdir())
-    assert names == ["default", "default_openvino", "default_tflite"]
+    assert names == ["default", "default_openvino", "default_student_pytorch", "default_tflite"]
     frame = np.zeros((96, 96, 3), np.uint8)
-    for name in names:
+    for name in ("default", "default_openvino", "default_tflite"):
         b = load_bundle(ship / name)
         prov = b.meta["source"]["pipeline"]
         assert prov["config"]["distill"]["student"] == "vgg_small"
@@ -96,6 +144,71 @@ def test_shipped_bundles_run_in_the_sdk_with_their_provenance(pipeline_run, medi
         assert b.precision == ("fp32" if name == "default" else "int8")
         faces = Recognizer(b, detector=None).classify([frame])
         assert len(faces) == 1 and abs(float(faces[0].probs.sum()) - 1) < 1e-4
+        assert b.temperature == b.meta["metrics"]["calibration"]["temperature"]
+
+
+def test_the_shipped_student_weights_export_again_to_the_shipped_int8_tflite(
+    pipeline_run, small_fer_dir, tmp_path, monkeypatch
+):
+    """default_student_pytorch is the QAT student: `fer-edge export --target tflite` with no
+    --model converts it, and the result decides as the shipped default_tflite does."""
+    from fer_edge import bundle as bundle_io
+    from fer_edge.compress import export
+    from fer_edge.data import load_dataset
+    from fer_edge.preprocess import normalize
+    from fer_edge.runtimes import load_runtime
+
+    _, out, ship, _ = pipeline_run
+    student = load_bundle(ship / bundle_io.DEFAULT_STUDENT)
+    assert student.format == "pytorch" and student.meta["source"]["pipeline"]["recipe"]
+    assert student.meta["metrics"]["test"]["n"] > 0
+    monkeypatch.setattr(bundle_io, "shipped_models", lambda: ship)
+    monkeypatch.setitem(parity.MIN_AGREEMENT, "int8", 0.5)
+    again = export.export(
+        None, target="tflite", data=small_fer_dir, out=tmp_path / "again", calib_faces=64
+    )
+    shipped = load_bundle(ship / "default_tflite")
+    assert again.precision == "int8"
+    test = load_dataset(small_fer_dir, "test")
+    decisions = [
+        load_runtime(b, num_threads=1).run(normalize(test.images, b.preprocess)).argmax(1)
+        for b in (again, shipped)
+    ]
+    assert (decisions[0] == decisions[1]).mean() >= 0.97
+
+
+def test_an_ensemble_of_teachers_is_passed_to_distill_and_each_is_a_report_row(
+    pipeline_run, tmp_path, monkeypatch
+):
+    from fer_edge.train import pipeline as pipeline_mod
+    from fer_edge.train.pipeline_report import export_plan
+
+    _, out, _, _ = pipeline_run
+    teachers = [str(out / "teacher" / "best"), str(out / "distill" / "bundle")]
+    cfg = load_config(RECIPES / "ci.yaml", data="d", out=str(tmp_path / "o"))
+    cfg["teacher"] = {"from": teachers}
+    given = {}
+
+    def stage(self, name, done, **inputs):  # record what each stage is given, train nothing
+        given[name] = inputs
+        return done
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "stage", stage)
+    models = pipeline_mod.Pipeline(cfg, progress=False).run_training()
+    assert given["distill"] == {"teacher": teachers}
+    plan = export_plan(models, ("tflite", "onnx"))
+    assert list(plan)[:2] == ["teacher", "teacher_2"]
+    assert plan["teacher_2"] == (Path(teachers[1]), False, ("tflite", "onnx"))
+
+
+def test_a_teacher_list_entry_that_is_no_model_is_refused_by_name(pipeline_run, tmp_path):
+    from fer_edge.train.pipeline import Pipeline
+
+    _, out, _, _ = pipeline_run
+    cfg = load_config(RECIPES / "ci.yaml", data="d", out=str(tmp_path / "o"))
+    cfg["teacher"] = {"from": [str(out / "teacher" / "best"), str(tmp_path / "missing")]}
+    with pytest.raises(InputError, match=f"teacher.from: {tmp_path / 'missing'} is not a bundle"):
+        Pipeline(cfg, progress=False).run_training()
 
 
 @pytest.mark.parametrize(
@@ -131,6 +244,8 @@ def test_a_bad_stage_option_names_the_stage(small_fer_dir, tmp_path, capsys):
         ("teacher: {arch: vgg}\ndistill: {alpha: high}", "stage 'distill': alpha: 'high'"),
         ("teacher: {arch: vgg}\nqat: {batch_size: 1.5}", "stage 'qat': batch_size: 1.5"),
         ("teacher: {arch: vgg}\nexport: {options: {parity_faces: x}}", "stage 'export': parity"),
+        ("teacher: {arch: vgg}\nreport: {robustness_faces: 0}", "'report': robustness_faces: 0"),
+        ("teacher: {arch: vgg}\nreport: {splt: test}", "'report': unknown option splt"),
     ],
 )
 def test_recipe_options_are_checked_against_the_stage_functions_before_any_stage_runs(

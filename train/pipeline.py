@@ -5,12 +5,16 @@ in the recipe as keyword arguments (``lr: 0.05`` -> ``lr=0.05``) into OUT/<stage
 
 - ``pretrain`` (optional): :func:`fer_edge.train.pretrain.fit`; its encoder initialises the
   teacher;
-- ``teacher``: :func:`fer_edge.train.fit`, or ``teacher: {from: BUNDLE}`` to reuse a trained one;
+- ``teacher``: :func:`fer_edge.train.fit`, or ``teacher: {from: BUNDLE}`` to reuse a trained one
+  (``from: [BUNDLE, ...]``: an ensemble the student is distilled from);
 - ``distill``: :func:`fer_edge.compress.distill.distill`;
 - ``prune`` (optional): :func:`fer_edge.compress.prune.prune`;
 - ``qat``: :func:`fer_edge.compress.qat.qat`;
 - ``export``: :func:`fer_edge.compress.export.export` of every model to every target;
-- ``report``: every model measured on the test split into OUT/report.md (+ report.json, plots).
+- ``calibrate``: :func:`fer_edge.bundle_calibration.calibrate` of every exported bundle: a
+  softmax temperature fitted on the val split through the bundle's own runtime, stored in it;
+- ``report``: every model measured on the test split into OUT/report.md (+ report.json, plots,
+  the shipped models' accuracy under camera shifts).
 
 A stage that finished with the same options is skipped and one that was cut off resumes from its
 own checkpoint, so running the pipeline again after a crash or a kill continues where it stopped;
@@ -36,7 +40,7 @@ import yaml
 from fer_edge import atomic
 from fer_edge.data import holds_split
 from fer_edge.errors import DatasetError, FerEdgeError, InputError
-from fer_edge.formats import EXPORT_FORMATS
+from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 
 from .engine import read_history
 from .pipeline_report import build_report, export_plan, markdown, ship
@@ -49,6 +53,9 @@ SECTIONS = {"out", *RUN_KEYS, *STAGES}
 # Options the pipeline itself reads, not passed on to the stage's function.
 PIPELINE_OPTIONS = {"teacher": {"from"}, "qat": {"model"}}
 PIPELINE_SPLITS = ("train", "val", "test")  # training, choices, the report
+CALIBRATION_SPLIT = "val"
+# The report section's options and their types.
+REPORT_OPTIONS = {"split": str, "robustness_faces": int}
 
 
 class PipelineStateError(FerEdgeError):
@@ -113,6 +120,9 @@ def load_config(path: str | Path, data: str | None = None, out: str | None = Non
             raise InputError(f"recipe {path}: section '{stage}' must be a mapping of options")
     if cfg["teacher"] == {}:
         raise InputError(f"recipe {path}: 'teacher' needs training options or 'from: BUNDLE'")
+    teachers = cfg["teacher"].get("from")
+    if isinstance(teachers, list) and not teachers:
+        raise InputError(f"recipe {path}: teacher.from is an empty list; name one bundle or more")
     return cfg
 
 
@@ -178,6 +188,14 @@ def check_recipe(cfg: dict) -> None:
     for stage in (*TRAINING_STAGES, "export"):
         if cfg[stage] is not None and not (stage == "teacher" and "from" in cfg["teacher"]):
             check_options(stage, stage_options(cfg, stage), stage_function(stage))
+    for key, value in cfg["report"].items():
+        kind = REPORT_OPTIONS.get(key)
+        if kind is None:
+            raise InputError(
+                f"recipe stage 'report': unknown option {key}; takes {', '.join(REPORT_OPTIONS)}"
+            )
+        if not _fits(value, kind) or (kind is int and value < 1):
+            raise InputError(f"recipe stage 'report': {key}: {value!r} is not a {kind.__name__}")
     targets = cfg["export"].get("targets", list(EXPORT_FORMATS))
     if not isinstance(targets, list) or not set(targets) <= set(EXPORT_FORMATS):
         raise InputError(
@@ -244,7 +262,7 @@ def read_state(path: Path) -> dict[str, StageRecord]:
         raise PipelineStateError(f"{path} holds no 'stages' mapping" + advice)
     stages = {}
     for name, record in state["stages"].items():
-        known = name in TRAINING_STAGES or name.startswith("export/")
+        known = name in TRAINING_STAGES or name.startswith(("export/", "calibrate/"))
         if not known:
             raise PipelineStateError(f"{path} records an unknown stage {name!r}" + advice)
         if not isinstance(record, dict):
@@ -328,17 +346,16 @@ class Pipeline:
         if self.cfg["pretrain"] is not None:
             init["init"] = str(self.stage("pretrain", self.out / "pretrain" / "last.pt"))
         if "from" in self.cfg["teacher"]:
-            models["teacher"] = Path(self.cfg["teacher"]["from"])
-            if not (models["teacher"] / "model.json").is_file() and not models["teacher"].is_file():
-                raise InputError(
-                    f"recipe teacher.from: {models['teacher']} is not a bundle or checkpoint"
-                )
+            teachers = given_teachers(self.cfg["teacher"]["from"])
         else:
-            models["teacher"] = self.stage("teacher", self.out / "teacher" / "best", **init)
+            teachers = [self.stage("teacher", self.out / "teacher" / "best", **init)]
+        # The first teacher is the ``teacher`` row; the others of an ensemble teacher_2, ...
+        for i, path in enumerate(teachers):
+            models[teacher_row(i)] = path
         models["student"] = self.stage(
             "distill",
             self.out / "distill" / "bundle" / "model.json",
-            teacher=str(models["teacher"]),
+            teacher=str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers],
         ).parent
         if self.cfg["prune"] is not None:
             models["pruned"] = self.stage(
@@ -387,6 +404,58 @@ class Pipeline:
                 exports[name] = out
         return exports
 
+    def run_calibration(self, exports: dict[str, Path | dict]) -> None:
+        """The calibration stage: a softmax temperature fitted on the val split for every
+        exported bundle, through its own SDK runtime, and stored in the bundle (resealed, so it
+        still verifies). A bundle exported again since (no ``metrics.calibration``) is fitted
+        again."""
+        from fer_edge.bundle import load_bundle
+        from fer_edge.bundle_calibration import calibrate
+
+        for name, exported in exports.items():
+            if not isinstance(exported, Path):
+                continue  # refused
+            target = name.rsplit("_", 1)[1]
+            options = {
+                "model": str(exported),
+                "data": self.cfg["data"],
+                "split": CALIBRATION_SPLIT,
+                "backend": NATIVE_BACKEND[target],
+                "threads": self.cfg.get("threads"),
+            }
+            stage = f"calibrate/{name}"
+            fitted = "calibration" in load_bundle(exported).meta["metrics"]
+            if fitted and self._done(stage, exported / "model.json", options):
+                continue
+            t0 = time.time()
+            stats = calibrate(**options)
+            print(
+                f"pipeline: {stage}: temperature {stats['temperature']:.3f}, val ECE "
+                f"{stats['ece_before']:.4f} -> {stats['ece_after']:.4f}",
+                file=sys.stderr,
+            )
+            self._record(stage, time.time() - t0, exported, options)
+
+
+def teacher_row(index: int) -> str:
+    """The report row of the ``index``-th teacher: ``teacher``, ``teacher_2``, ..."""
+    return "teacher" if index == 0 else f"teacher_{index + 1}"
+
+
+def given_teachers(value: object) -> list[Path]:
+    """``teacher.from`` of a recipe, one path or a list of them, each checked to be a bundle or
+    a checkpoint; an entry that is not is refused by name."""
+    entries = value if isinstance(value, list) else [value]
+    teachers = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InputError(f"recipe teacher.from: {entry!r} is not a path")
+        path = Path(entry)
+        if not (path / "model.json").is_file() and not path.is_file():
+            raise InputError(f"recipe teacher.from: {path} is not a bundle or checkpoint")
+        teachers.append(path)
+    return teachers
+
 
 def run_pipeline(
     config: str | os.PathLike,
@@ -409,6 +478,7 @@ def run_pipeline(
     atomic.write_bytes(pipe.out / "recipe.yaml", Path(config).read_bytes())
     models = pipe.run_training()
     exports = pipe.run_exports(models)
+    pipe.run_calibration(exports)
     report = build_report(pipe, models, exports, str(config))
     atomic.write_text(pipe.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     atomic.write_text(pipe.out / "report.md", markdown(report))

