@@ -343,11 +343,12 @@ class Pipeline:
         """pretrain, teacher, distill, prune, qat; returns the models they made by role."""
         models: dict[str, Path] = {}
         init = {}
+        # Checked before any stage runs, so that a wrong teacher path does not wait for pretraining
+        given = self.cfg["teacher"].get("from")
+        teachers = given_teachers(given) if given is not None else []
         if self.cfg["pretrain"] is not None:
             init["init"] = str(self.stage("pretrain", self.out / "pretrain" / "last.pt"))
-        if "from" in self.cfg["teacher"]:
-            teachers = given_teachers(self.cfg["teacher"]["from"])
-        else:
+        if not teachers:
             teachers = [self.stage("teacher", self.out / "teacher" / "best", **init)]
         # The first teacher is the ``teacher`` row; the others of an ensemble teacher_2, ...
         for i, path in enumerate(teachers):

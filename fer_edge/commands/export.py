@@ -5,7 +5,8 @@ into ./default_student_tflite, checked on the real FER-2013 faces shipped with t
 MODEL is a checkpoint, a pytorch bundle (float, pruned or QAT), or a shipped name:
 default_student (the default; the teacher default_pytorch while the student's PyTorch weights
 are not shipped) or default_pytorch (the teacher). Targets:
-- onnx: FP32, opset 17 or later, dynamic batch;
+- onnx: FP32, opset 17 or later, dynamic batch (a QAT model, like the shipped student, exports
+  the float network it was quantised from);
 - tflite: FP32 (litert-torch), or with --int8 full-integer INT8 with int8 input and output;
 - openvino: FP32 IR, or with --int8 an INT8 IR.
 INT8 uses the QAT model's learnt quantisation when MODEL is a QAT model, else post-training
