@@ -344,8 +344,8 @@ class Pipeline:
         models: dict[str, Path] = {}
         init = {}
         # Checked before any stage runs, so that a wrong teacher path does not wait for pretraining
-        given = self.cfg["teacher"].get("from")
-        teachers = given_teachers(given) if given is not None else []
+        teacher = self.cfg["teacher"]
+        teachers = given_teachers(teacher["from"]) if "from" in teacher else []
         if self.cfg["pretrain"] is not None:
             init["init"] = str(self.stage("pretrain", self.out / "pretrain" / "last.pt"))
         if not teachers:
