@@ -54,6 +54,11 @@ def test_every_stage_runs_and_the_report_holds_every_row(pipeline_run):
     # export is a stage of its own, recorded like the training stages, before the report
     assert set(report["stages"]) >= {f"export/{row}_tflite" for row in ROWS}
     assert (out / "export" / "qat_int8_tflite" / "model.json").is_file()
+    # QAT started from the pruned student here: its bundle says what it is, INT8 QAT
+    qat_meta = json.loads((out / "qat" / "bundle" / "model.json").read_text())["model"]
+    assert (qat_meta["kind"], qat_meta["precision"]) == ("qat", "int8")
+    prune_meta = json.loads((out / "prune" / "bundle" / "model.json").read_text())["model"]
+    assert prune_meta["kind"] == "pruned"
     for name in ROWS:
         row = report["rows"][name]
         assert 0 <= row["test_accuracy"] <= 1 and row["params"] > 0 and row["macs"] > 0

@@ -196,7 +196,8 @@ def save_model_bundle(
             "file": "model.pt",
             "precision": "int8" if kind == "qat" else "fp32",
             "arch": state["arch"],
-            "kind": "pruned" if "structure" in state else kind,
+            # a QAT model made from a pruned one keeps its structure too, and is still "qat"
+            "kind": "pruned" if kind == "float" and "structure" in state else kind,
             **va_meta(state),
         },
         source={"commit": git_commit(), **source},
