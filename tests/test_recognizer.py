@@ -179,15 +179,20 @@ def test_valence_arousal_from_a_model_that_has_them(tmp_path, portrait):
 
 
 def test_import_is_fast_and_torch_free():
+    # fer-edge's own import, after numpy and cv2 (which it needs, and which take most of the
+    # time), against theirs: a ratio holds on any CPU, where a number of seconds fails on a
+    # slow one (a Raspberry Pi 4, qemu) without fer-edge having changed. Here (x86) fer-edge
+    # adds about 0.08 s to their 0.35 s; importing scipy or a runtime would more than double it.
     code = (
-        "import sys, time; t = time.perf_counter(); import fer_edge; "
-        "dt = time.perf_counter() - t; "
+        "import sys, time; t = time.perf_counter(); import numpy, cv2; "
+        "deps = time.perf_counter() - t; t = time.perf_counter(); import fer_edge; "
+        "own = time.perf_counter() - t; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'onnxruntime' not in sys.modules and 'openvino' not in sys.modules; "
-        "fer_edge.Recognizer; fer_edge.FaceResult; print(dt)"
+        "fer_edge.Recognizer; fer_edge.FaceResult; print(own / deps)"
     )
     # Best of three: the first start may pay for a cold disk cache.
-    times = [
+    ratios = [
         float(
             subprocess.run(
                 [sys.executable, "-c", code], check=True, capture_output=True, text=True
@@ -195,7 +200,7 @@ def test_import_is_fast_and_torch_free():
         )
         for _ in range(3)
     ]
-    assert min(times) < 0.5, times
+    assert min(ratios) < 0.5, ratios
 
 
 def test_default_is_the_shipped_bundle_the_backend_runs_best(tmp_path, monkeypatch):
