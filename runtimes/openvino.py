@@ -256,10 +256,10 @@ class OpenVinoRuntime(GraphRuntime):
 
     def _check_int8(self) -> bool | None:
         """For an INT8 bundle: whether the CPU plugin runs its convolutions in int8 here. On x86
-        it does; on aarch64 (OpenVINO's ARM CPU plugin, 2026.4) the convolutions run in f32
-        between decomposed FakeQuantize ops, and the scores are no longer those of the INT8
-        model the export measured (92% top-1 agreement with x86 on 300 FER-2013 faces,
-        docs/results/arm64.json): said once per load, on the ``fer_edge.runtimes`` logger."""
+        it does; on aarch64 (OpenVINO's ARM CPU plugin, 2026.4) they run in f32 between
+        decomposed FakeQuantize ops: the same fake-quantised model (the shipped IR's scores
+        match x86's there, docs/results/arm64.json), without int8's speed. Said once per load,
+        on the ``fer_edge.runtimes`` logger."""
         if self.bundle.precision != "int8":
             return None
         convs = self.graph.layer_precisions().get("Convolution", set())
@@ -267,8 +267,8 @@ class OpenVinoRuntime(GraphRuntime):
             return True
         log.warning(
             "OpenVINO runs the INT8 graph %s with its convolutions in %s on this CPU (%s), not "
-            "in int8: its scores differ from the exported INT8 model's; run INT8 bundles with "
-            "the tflite backend here, or the FP32 bundle (model='default' does on aarch64)",
+            "in int8: no int8 speed-up here; run INT8 bundles with the tflite backend, or the "
+            "FP32 bundle (model='default' does on aarch64)",
             self.bundle.graph.name,
             "/".join(sorted(convs)),
             platform.machine(),

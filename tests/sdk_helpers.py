@@ -221,3 +221,22 @@ def check_openvino_bundle(bundle: Bundle, faces: np.ndarray, min_agreement: floa
                 )
         tried.append(precision or "default")
     return tried
+
+
+def ir_weight_types(bundle: Bundle) -> dict[str, set[str]]:
+    """Op type -> the element types of the constants behind its weights (input 1) in an
+    OpenVINO bundle's IR: ``i8`` for int8 weights (i8 constant -> Convert -> Multiply by the
+    scale), ``f32`` for a float constant."""
+    from fer_edge.runtimes.openvino import OpenVinoGraph, import_openvino
+
+    ov = import_openvino()
+    model = OpenVinoGraph._read(ov, ov.Core(), bundle.graph)
+    found: dict[str, set[str]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "MatMul"):
+            continue
+        node = op.input(1).get_source_output().get_node()
+        while node.get_type_name() in ("Multiply", "Convert"):  # down to the stored constant
+            node = node.input(0).get_source_output().get_node()
+        found.setdefault(op.get_type_name(), set()).add(node.get_element_type().get_type_name())
+    return found

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from sdk_helpers import check_openvino_bundle
+from sdk_helpers import check_openvino_bundle, ir_weight_types
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
@@ -138,6 +138,9 @@ def test_ptq_export_matches_its_quantised_twin(
     got = load_runtime(b).run(normalize(val_faces.images, b.preprocess))
     assert (got.argmax(1) == twin.argmax(1)).mean() >= 0.97
     check_openvino_bundle(b, val_faces.images, min_agreement=0.9)
+    # int8 convolutions, an f32 classifier (export.float_matmul_weights: the ARM plugin's int8
+    # MatMul is wrong)
+    assert ir_weight_types(b) == {"Convolution": {"i8"}, "MatMul": {"f32"}}
 
 
 def test_parity_failure_writes_nothing(float_bundle, small_fer_dir, tmp_path, monkeypatch):
