@@ -88,11 +88,12 @@ def _openvino(net, x: torch.Tensor, out: Path, int8: bool) -> dict:
 def float_matmul_weights(ov_model) -> int:
     """Replace the int8 weights of ``ov_model``'s MatMuls (the classifier; int8 constant ->
     Convert -> Multiply by the per-channel scale) by the same values as an f32 constant, in
-    place; returns how many. OpenVINO 2026.4's ARM CPU plugin runs an int8 MatMul wrongly (the
-    classifier's logits off by up to 0.83 where every convolution before it matches x86:
-    92% top-1 agreement, docs/results/arm64.json); with f32 weights both plugins run it in f32
-    and its input stays quantised, so the fake-quantised model is unchanged (on x86 the scores
-    are the same to the bit) and the convolutions keep their int8 weights and kernels."""
+    place; returns how many. OpenVINO 2026.4's ARM CPU plugin ran the int8 MatMul of the IR
+    this export writes wrongly (the classifier's logits off by up to 0.83 where every
+    convolution before it matched x86: 92% top-1 agreement, docs/results/arm64_openvino_int8.json);
+    with f32 weights both plugins run it in f32 on its still quantised input, so the
+    fake-quantised model is unchanged (the x86 scores of the shipped IR stayed the same) and
+    the convolutions keep their int8 weights and kernels."""
     import openvino.opset13 as ops
 
     done = 0

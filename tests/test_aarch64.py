@@ -64,10 +64,10 @@ def test_an_int8_bundle_whose_convolutions_run_in_f32_is_reported(monkeypatch, c
 
 
 def test_the_int8_ir_keeps_its_classifier_out_of_the_arm_plugins_int8_matmul():
-    # OpenVINO 2026.4's ARM plugin runs an int8 MatMul wrongly: with the classifier in int8 the
-    # logits were off by up to 0.83 where every convolution before it matched x86 (92% top-1
+    # OpenVINO 2026.4's ARM plugin ran this IR's int8 MatMul wrongly: the classifier's logits
+    # were off by up to 0.83 where every convolution before it matched x86 (92% top-1
     # agreement). The shipped IR keeps int8 convolution weights and an f32 classifier, which
-    # both plugins run in f32 on the same quantised input (docs/results/arm64.json).
+    # both plugins run in f32 on the same quantised input (docs/results/arm64_openvino_int8.json).
     pytest.importorskip("openvino")
     from fer_edge.runtimes import openvino as ov_rt
 
