@@ -100,6 +100,28 @@ def _version() -> str:
         return "fer-edge (not installed)"
 
 
+# The extra that brings each optional package (the SDK itself needs none of them); scipy,
+# scikit-learn and matplotlib are in both extras, and [eval] is the smaller one.
+EXTRA_OF_PACKAGE = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "torch_pruning", "litert_torch", "onnx", "tqdm", "yaml", "nncf"),
+        "train",
+    ),
+    **dict.fromkeys(("scipy", "sklearn", "matplotlib"), "eval"),
+    "openvino": "openvino",
+    "ai_edge_litert": "tflite",
+}
+
+
+def _missing_package(command: str, e: ModuleNotFoundError) -> int:
+    """One line naming the missing package and the extra that installs it; exit status 2."""
+    package = (e.name or "").split(".")[0]  # what pip installs, not the submodule asked for
+    extra = EXTRA_OF_PACKAGE.get(package)
+    hint = f": pip install 'fer-edge[{extra}]'" if extra else ""
+    print(f"fer-edge {command}: error: needs the Python package {package!r}{hint}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -112,27 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        extra = (
-            "train"
-            if e.name
-            and e.name.split(".")[0]
-            in {
-                "torch",
-                "torchvision",
-                "torch_pruning",
-                "litert_torch",
-                "onnx",
-                "sklearn",
-                "matplotlib",
-                "tqdm",
-                "yaml",
-                "nncf",
-            }
-            else None
-        )
-        hint = f": pip install 'fer-edge[{extra}]'" if extra else ""
-        print(f"fer-edge {name}: needs the Python package {e.name!r}{hint}", file=sys.stderr)
-        return 2
+        return _missing_package(name, e)
     parser = argparse.ArgumentParser(
         prog=f"fer-edge {name}",
         description=plain_text(module.__doc__ or text).strip(),
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"fer-edge {name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a lazy import of an extra's package, e.g. scipy's fit
+        return _missing_package(name, e)
     except KeyboardInterrupt:
         print(f"fer-edge {name}: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ def _sampled(temperature: float, n: int = 4000, seed: int = 0):
 
 @pytest.mark.parametrize("true_t", [0.5, 2.5])
 def test_fitted_temperature_is_the_one_that_generated_the_labels(true_t):
+    pytest.importorskip("scipy", reason="fitting a temperature needs the eval extra (scipy)")
     logits, labels = _sampled(true_t)
     fitted = calibration.fit_temperature(logits, labels)
     assert fitted == pytest.approx(true_t, rel=0.1)
@@ -58,6 +60,7 @@ def bundle_copy(tmp_path):
 def test_calibrate_stores_the_temperature_and_the_sdk_applies_it(
     bundle_copy, small_fer_dir, tmp_path, capsys
 ):
+    pytest.importorskip("scipy", reason="fitting a temperature needs the eval extra (scipy)")
     png = tmp_path / "rel.png"
     argv = ["calibrate", "--model", str(bundle_copy), "--data", str(small_fer_dir)]
     assert main([*argv, "--reliability", str(png), "--json"]) == 0
@@ -94,3 +97,18 @@ def test_a_damaged_temperature_is_refused(bundle_copy, bad):
     (bundle_copy / "model.json").write_text(json.dumps(meta))  # NaN as JSON writes it
     with pytest.raises(BundleError, match="temperature"):
         load_bundle(bundle_copy)
+
+
+def test_calibrate_without_the_eval_extra_names_the_package_and_the_extra(
+    bundle_copy, small_fer_dir, monkeypatch, capsys
+):
+    """An SDK-only install (no scipy) gets one line saying what to install, not a traceback."""
+    for name in ("scipy", "scipy.optimize"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if scipy were not installed
+    argv = ["calibrate", "--model", str(bundle_copy), "--data", str(small_fer_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip() == (
+        "fer-edge calibrate: error: needs the Python package 'scipy': pip install 'fer-edge[eval]'"
+    )

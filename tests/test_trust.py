@@ -373,6 +373,7 @@ def test_the_fallback_swap_without_renameat2_still_replaces(tmp_path, monkeypatc
 def test_a_second_training_into_the_same_run_folder_is_refused(small_fer_dir, tmp_path, capsys):
     """While another process holds the run folder (a running ``fer-edge train --out``), a
     second run into it exits 2 naming the problem and writes nothing there."""
+    pytest.importorskip("torch", reason="training needs the train extra (torch)")
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
