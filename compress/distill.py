@@ -16,13 +16,22 @@ from torch import nn
 
 from fer_edge.bundle import Bundle
 from fer_edge.errors import InputError
+from fer_edge.preprocess import TTA_MODES
+from fer_edge.train import engine
+from fer_edge.train.augment import to_input
 from fer_edge.train.model_io import load_model
 from fer_edge.train.nets import build
+from fer_edge.train.predictor import tta_views
 
 from . import finetune
 from .models import model_cost, refuse_valence_arousal
 
 MAX_STUDENT_PARAMS = 1_500_000
+# where the teacher's soft targets come from: "online" runs the teachers on each augmented batch
+# the student sees; "clean" runs them once, before training, on the unaugmented training faces,
+# so the student learns to give a degraded face (--augment camera) the teacher's answer for the
+# clean one, and an epoch costs the student's step only
+TEACHER_TARGETS = ("online", "clean")
 
 
 def kd_loss(
@@ -40,12 +49,29 @@ def kd_loss(
     return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+@torch.no_grad()
+def clean_soft_targets(ft: finetune.Finetune, soft_targets, batch_size: int = 256) -> torch.Tensor:
+    """The teachers' logits of every unaugmented training face (N, K), computed once."""
+    starts = range(0, len(ft.images), batch_size)
+    bar, out = engine.Progress(len(starts), "teacher targets", ft.progress), []
+    for i in starts:
+        x = to_input(ft.images[i : i + batch_size], ft.spec).contiguous(
+            memory_format=torch.channels_last
+        )
+        with ft.autocast():
+            out.append(soft_targets(x)[0].float())
+        bar.update()
+    bar.close(f"{len(ft.images)} faces")
+    return torch.cat(out)
+
+
 def distill(
     *,
     teacher: str | os.PathLike | list[str | os.PathLike],
     data: str | os.PathLike,
     student: str = "compact_cnn",
-    teacher_tta: bool = False,
+    teacher_tta: str = "none",
+    teacher_targets: str = "online",
     logit_adjust: float = 0.0,
     temperature: float = 4.0,
     alpha: float = 0.7,
@@ -66,6 +92,16 @@ def distill(
     """
     if not 0 <= alpha <= 1 or temperature <= 0:
         raise InputError("--alpha must be in [0, 1] and --temperature positive")
+    if teacher_tta not in TTA_MODES:
+        raise InputError(
+            f"--teacher-tta must be one of {', '.join(TTA_MODES)}, got {teacher_tta!r}"
+        )
+    if teacher_targets not in TEACHER_TARGETS:
+        raise InputError(
+            f"--teacher-targets must be one of {', '.join(TEACHER_TARGETS)}, got {teacher_targets!r}"
+        )
+    if teacher_targets == "clean" and feat_weight > 0:
+        raise InputError("--feat-weight needs --teacher-targets online (features of the same view)")
     teachers_given = [teacher] if isinstance(teacher, str | os.PathLike) else list(teacher)
     teachers = [load_model(t) for t in teachers_given]
     for loaded, path in zip(teachers, teachers_given, strict=True):
@@ -80,6 +116,7 @@ def distill(
         "arch": student,
         "teacher": [str(t) for t in teachers_given],
         "teacher_tta": teacher_tta,
+        "teacher_targets": teacher_targets,
         "logit_adjust": logit_adjust,
         "temperature": temperature,
         "alpha": alpha,
@@ -106,21 +143,27 @@ def distill(
 
     def soft_targets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ensemble logits, the first teacher's pooled features) of a batch."""
-        views = [x, x.flip(3)] if teacher_tta else [x]
         logits, t_feat = [], None
         for t in t_nets:
-            for v in views:
+            for v in tta_views(x, teacher_tta):
                 feat = t.embed(v)
                 t_feat = feat if t_feat is None else t_feat
                 logits.append(t.head(feat).float())
         return torch.stack(logits).mean(0), t_feat
 
+    clean_logits = None
+    if teacher_targets == "clean":
+        clean_logits = clean_soft_targets(ft, soft_targets)
+
     def step(idx, g):
         net.train()
         x, y = ft.batch(idx, g)
         with ft.autocast():
-            with torch.no_grad():
-                t_logits, t_feat = soft_targets(x)
+            if clean_logits is None:
+                with torch.no_grad():
+                    t_logits, t_feat = soft_targets(x)
+            else:
+                t_logits = clean_logits[idx.to(ft.device)]
             s_feat = net.embed(x)
             s_logits = net.head(net.dropout(s_feat)) + logit_adjust * log_prior
         loss = kd_loss(s_logits, t_logits, y, temperature, alpha)

@@ -22,6 +22,7 @@ from . import bundle as bundle_io
 from .calibration import expected_calibration_error, plot_reliability, softmax
 from .errors import InputError
 from .metrics import VA_AXES, classification_report, plot_confusion, va_report
+from .preprocess import TTA_MODES
 from .scoring import scored
 
 
@@ -44,8 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--tta",
-        action="store_true",
-        help="average with the horizontally flipped face (PyTorch models)",
+        nargs="?",
+        const="flip",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation of PyTorch models: average with the mirrored face "
+        "(--tta, or --tta flip), or over ten crops (--tta ten-crop: four corners and the centre, "
+        "7/8 of the side, and their mirror images)",
     )
     p.add_argument("--confusion", help="write the confusion matrix as a PNG here")
     p.add_argument(
@@ -67,7 +73,7 @@ def evaluate(
     backend: str = "auto",
     threads: int | None = None,
     batch_size: int = 256,
-    tta: bool = False,
+    tta: str = "none",
     reliability_png: str | os.PathLike | None = None,
 ) -> dict:
     """The metrics of MODEL on the labelled faces of ``data`` (see the module docstring);

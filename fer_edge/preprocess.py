@@ -22,6 +22,11 @@ from .errors import InputError
 
 MAX_SIDE = 16384  # larger crops are refused rather than resized for seconds
 
+# Test-time augmentation of PyTorch models (``fer-edge eval --tta``, distillation soft targets):
+# "flip" averages the face and its mirror image; "ten-crop" the four corner crops and the centre
+# crop and their mirror images (``fer_edge.train.predictor.tta_views``).
+TTA_MODES = ("none", "flip", "ten-crop")
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:

@@ -17,7 +17,7 @@ from .preprocess import PreprocessSpec, normalize
 
 
 def load_scorer(
-    model: str, backend: str, threads: int | None, tta: bool
+    model: str, backend: str, threads: int | None, tta: str
 ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...], PreprocessSpec, str, float]:
     """Return (uint8 faces -> logits, labels, preprocess spec, description, softmax
     temperature) for any MODEL."""
@@ -41,13 +41,13 @@ def load_scorer(
         net, labels, spec = loaded.model, loaded.labels, loaded.spec
         temperature = bundle_io.load_bundle(path).temperature if path.is_dir() else 1.0
         return (
-            (lambda faces: predict_logits(net, faces, spec, hflip_tta=tta)),
+            (lambda faces: predict_logits(net, faces, spec, tta=tta)),
             labels,
             spec,
             "pytorch",
             temperature,
         )
-    if tta:
+    if tta != "none":
         raise InputError("--tta is for PyTorch models; exported bundles run as deployed")
     from .runtimes import load_runtime
 
@@ -86,7 +86,7 @@ def labelled_logits(
     threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Class logits (N, K) of the faces with a class label, their labels, the label names."""
-    ds, logits, labels, *_ = scored(model, data, split, backend, threads, 256, False)
+    ds, logits, labels, *_ = scored(model, data, split, backend, threads, 256, "none")
     labelled = ds.labels >= 0
     if not labelled.any():
         raise InputError(f"{data}: no faces with a class label")

@@ -11,7 +11,7 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("litert_torch")
 
 from fer_edge.bundle import load_bundle  # noqa: E402
-from fer_edge.compress import distill, prune, qat, quantize  # noqa: E402
+from fer_edge.compress import distill, finetune, prune, qat, quantize  # noqa: E402
 from fer_edge.compress.models import model_cost  # noqa: E402
 from fer_edge.data import load_dataset  # noqa: E402
 from fer_edge.errors import CheckpointError, InputError  # noqa: E402
@@ -106,9 +106,43 @@ def test_an_ensemble_of_one_teacher_twice_teaches_what_that_teacher_teaches(
         torch.testing.assert_close(v, twice["model"][k], msg=k)
     assert twice["config"]["teacher"] == [str(teacher)] * 2
     # flip-TTA soft targets and logit adjustment change what the student learns
-    other = trained("tta", teacher_tta=True, logit_adjust=1.0)
-    assert other["config"]["teacher_tta"] and other["config"]["logit_adjust"] == 1.0
+    other = trained("tta", teacher_tta="flip", logit_adjust=1.0)
+    assert other["config"]["teacher_tta"] == "flip" and other["config"]["logit_adjust"] == 1.0
     assert any(not torch.equal(v, other["model"][k]) for k, v in one["model"].items())
+    # so do soft targets of the clean faces instead of the augmented batch
+    clean = trained("clean", teacher_targets="clean", feat_weight=0.0)
+    online = trained("online", feat_weight=0.0)
+    assert clean["config"]["teacher_targets"] == "clean"
+    assert any(not torch.equal(v, clean["model"][k]) for k, v in online["model"].items())
+
+
+def test_clean_soft_targets_are_the_teachers_logits_of_the_unaugmented_faces(
+    teacher, small_fer_dir, tmp_path
+):
+    lm = load_model(teacher)
+    ft = finetune.Finetune(
+        {"method": "distill"}, lm.spec, data=small_fer_dir, epochs=1, lr=1e-3, out=tmp_path, **QUICK
+    )
+    net = lm.model.eval()
+    targets = distill.clean_soft_targets(ft, lambda x: (net(x), None), batch_size=20)
+    expected = predict_logits(net, ft.train.images, lm.spec)
+    # bf16 autocast where the CPU has it: compare the class each face gets and the logits loosely
+    assert targets.shape == expected.shape
+    assert (targets.argmax(1).numpy() == expected.argmax(1)).mean() > 0.9
+    np.testing.assert_allclose(targets.numpy(), expected, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"teacher_tta": "five-crop"}, "--teacher-tta"),
+        ({"teacher_targets": "cached"}, "--teacher-targets"),
+        ({"teacher_targets": "clean", "feat_weight": 0.5}, "--feat-weight"),
+    ],
+)
+def test_distill_refuses_unknown_target_options(teacher, small_fer_dir, tmp_path, changes, problem):
+    with pytest.raises(InputError, match=problem):
+        distill.distill(**{**_distill_options(teacher, small_fer_dir, tmp_path), **changes})
 
 
 def test_prune_shrinks_reloads_and_resumes(student, small_fer_dir, tmp_path):

@@ -3,6 +3,8 @@
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +12,12 @@ import torch
 from train_helpers import SMALL_RUN, kill_after_first_epoch, logged_epochs, train_command
 
 from fer_edge.cli import main
-from fer_edge.errors import CheckpointError
+from fer_edge.data import load_dataset
+from fer_edge.errors import CheckpointError, InputError
+from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train.checkpoint import load_checkpoint
+from fer_edge.train.nets import build
+from fer_edge.train.predictor import predict_logits, tta_views
 
 
 def test_resume_after_kill_loses_no_epoch_and_matches_uninterrupted(small_fer_dir, tmp_path):
@@ -94,6 +100,28 @@ def test_loss_falls_and_eval_json_contract(small_fer_dir, tmp_path, capsys):
         ]
     )
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["accuracy"])
+    rc = main(
+        ["eval", "--model", str(out / "best"), "--data", str(small_fer_dir), "--split", "test"]
+        + ["--json", "--tta", "ten-crop"]
+    )
+    assert rc == 0 and json.loads(capsys.readouterr().out)["tta"] == "ten-crop"
+
+
+@pytest.mark.parametrize("mode", ["flip", "ten-crop"])
+def test_tta_logits_are_the_same_for_a_face_and_its_mirror_image(small_fer_dir, mode):
+    """Both TTA view sets are closed under mirroring, so a mirrored face gets the same averaged
+    logits; without TTA an (untrained, asymmetric) network's logits differ."""
+    torch.manual_seed(0)
+    net = build("vgg_small").eval()
+    faces = load_dataset(small_fer_dir, "val").images[:16]
+    mirrored = np.ascontiguousarray(faces[:, :, ::-1])
+    spec = PreprocessSpec()
+    plain = np.abs(predict_logits(net, faces, spec) - predict_logits(net, mirrored, spec)).max()
+    averaged = predict_logits(net, faces, spec, tta=mode)
+    assert np.abs(averaged - predict_logits(net, mirrored, spec, tta=mode)).max() < plain / 100
+    assert len(tta_views(torch.zeros(1, 1, 48, 48), mode)) == {"flip": 2, "ten-crop": 10}[mode]
+    with pytest.raises(InputError, match="ten-crop"):
+        tta_views(torch.zeros(1, 1, 48, 48), "twelve-crop")
 
 
 def test_corrupt_checkpoints_are_refused(tmp_path):
@@ -177,3 +205,20 @@ def test_train_benchmark_prints_one_json_line_and_writes_nothing(
     native = engine.amp_dtype(torch.device("cpu"), amp=True) is torch.bfloat16
     assert record["precision"] == ("bf16" if native and not no_amp else "fp32")
     assert not out.exists()
+
+
+def test_train_speed_script_times_every_part_of_the_step(small_fer_dir):
+    """scripts/train_speed.py: one JSON line per part of the training step, then the summary of
+    what each change is worth; every rate is a positive measured number."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_speed.py"
+    argv = [sys.executable, str(script), "--data", str(small_fer_dir), "--arch", "vgg_small"]
+    argv += ["--batch-size", "32", "--steps", "1", "--threads", "1", "--no-compile"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    rates = {r["measure"]: r["images_per_s"] for r in records if r["measure"] != "summary"}
+    expected = {"gather", "augment_standard", "augment_camera", "step_fp32", "train_step", "eval"}
+    assert expected <= set(rates) and all(v > 0 for v in rates.values())
+    summary = records[-1]
+    assert summary["measure"] == "summary" and summary["compiled_over_eager"] is None
+    assert 0 < summary["augment_share_of_train_step"] < 1

@@ -4,7 +4,8 @@ Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labe
 optional feature distillation (--feat-weight): a linear projection of the student's pooled
 features is pulled towards the teacher's (cosine distance). Several --teacher give an ensemble
 (the mean of their logits; feature distillation follows the first), --teacher-tta averages each
-teacher with the flipped face, and --logit-adjust TAU trains the student's logits plus
+teacher over the flipped face or ten crops, --teacher-targets clean scores the unaugmented faces
+once instead of every augmented batch, and --logit-adjust TAU trains the student's logits plus
 TAU * log(class prior) (Menon et al., 2021), so its raw logits are balanced across classes
 (disgust is 1.5% of FER-2013 train). Writes a checkpoint every epoch
 (``--resume`` continues) and the final student as a pytorch bundle in OUT/bundle with its
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from fer_edge.compress import distill
+from fer_edge.preprocess import TTA_MODES
 from fer_edge.train.nets import ARCHS
 
 from .options import add_finetune_arguments, keyword_arguments
@@ -31,8 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--teacher-tta",
-        action="store_true",
-        help="soft targets averaged with the teacher's logits of the flipped face",
+        nargs="?",
+        const="flip",
+        default="none",
+        choices=TTA_MODES,
+        help="soft targets averaged over test-time views of each face: the face and its mirror "
+        "image (--teacher-tta, or flip), or ten crops (ten-crop)",
+    )
+    p.add_argument(
+        "--teacher-targets",
+        default="online",
+        choices=distill.TEACHER_TARGETS,
+        help="online: the teachers score each augmented batch the student sees; clean: they "
+        "score every unaugmented training face once, before training, so the student learns the "
+        "clean face's answer for its augmented view and an epoch costs the student's step only",
     )
     p.add_argument(
         "--logit-adjust",
