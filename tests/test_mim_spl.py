@@ -25,6 +25,7 @@ from fer_edge.train.methods.mim_spl import (
     patch_mask,
     patchify,
     retrieval_soft_labels,
+    soft_cross_entropy,
 )
 from fer_edge.train.model_io import load_model
 from fer_edge.train.supervised import inject_label_noise
@@ -197,3 +198,42 @@ def test_noisy_run_trains_resumes_exactly_and_ships_a_7_class_bundle(
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 7 * 15 and np.array(report["confusion"]).shape == (7, 7)
+
+
+def test_soft_cross_entropy_of_dropped_rows_is_the_mean_over_the_kept_ones():
+    logits = torch.randn(6, 7)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    targets = torch.nn.functional.one_hot(labels, 7).float()
+    kept = torch.tensor([True, False, True, True, False, True])
+    expected = torch.nn.functional.cross_entropy(logits[kept], labels[kept])
+    assert soft_cross_entropy(logits, targets * kept[:, None]).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("relabel", ["model", "drop", "keep"])
+def test_relabel_ablations_give_noisy_samples_the_targets_they_name(
+    small_fer_dir, tmp_path, capsys, relabel
+):
+    """model: the network's softmax; drop: an all-zero target row; keep: the given label."""
+    out = tmp_path / relabel
+    argv = train_command(small_fer_dir, out, 2, [*TRAIN, "--set", f"relabel={relabel}"])
+    assert main(argv[argv.index("train") :]) == 0
+    state = load_checkpoint(out / "last.pt")["objective"]
+    noisy = ~state["clean"]
+    assert noisy.any()
+    targets = state["targets"][noisy]
+    train_labels = load_dataset(small_fer_dir, "train").labels
+    noisy_labels = inject_label_noise(train_labels, 0.4, 7, seed=0)
+    given = torch.nn.functional.one_hot(torch.as_tensor(noisy_labels).long(), 7).float()[noisy]
+    if relabel == "drop":
+        assert torch.equal(targets, torch.zeros_like(targets))
+    elif relabel == "keep":
+        assert torch.equal(targets, given)
+    else:
+        assert torch.allclose(targets.sum(1), torch.ones(len(targets)))
+        assert not torch.equal(targets, given) and (targets > 0).all()
+    capsys.readouterr()
+    bad = train_command(small_fer_dir, tmp_path / "bad", 2, [*TRAIN, "--set", "relabel=guess"])
+    assert main(bad[bad.index("train") :]) == 2
+    assert "relabel must be one of retrieval, model, drop, keep" in capsys.readouterr().err

@@ -193,3 +193,53 @@ def test_bad_input_is_refused(small_fer_dir, tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fine_tuning_protocol_protects_the_pretrained_backbone(
+    small_fer_dir, tmp_path, monkeypatch
+):
+    """--head-epochs N trains the head alone for N epochs (backbone weights and BatchNorm
+    statistics exactly the pretrained ones), then everything; --backbone-lr-scale 0 keeps the
+    backbone's weights while the head learns."""
+    from fer_edge.train import supervised
+
+    run = tmp_path / "ssl"
+    pretrain.fit(**pretrain_args(small_fer_dir, run, "simclr", "--epochs", "1"))
+    pretrained = load_checkpoint(run / "last.pt", require=("backbone",))["backbone"]
+    states, original = [], engine.run_epochs
+
+    def capturing(*args, state_fn, on_epoch_end, **kw):
+        def hook(epoch, record):
+            states.append({k: v.clone() for k, v in state_fn(epoch)["model"].items()})
+            on_epoch_end(epoch, record)
+
+        return original(*args, state_fn=state_fn, on_epoch_end=hook, **kw)
+
+    monkeypatch.setattr(engine, "run_epochs", capturing)
+
+    def tuned(out, *extra):
+        states.clear()
+        supervised.fit(**command_options("train", [
+            "--data", str(small_fer_dir), "--arch", "vgg_small", "--size", str(SIZE),
+            "--batch-size", "32", "--init", str(run / "last.pt"), "--out", str(tmp_path / out),
+            "--threads", "1", "--no-progress", *extra,
+        ]))  # fmt: skip
+        return list(states)
+
+    def backbone_same(state, buffers=True):
+        return all(
+            torch.equal(state[f"backbone.{k}"], v)
+            for k, v in pretrained.items()
+            if buffers or not ("running" in k or "num_batches" in k)
+        )
+
+    first, second, third = tuned("lpft", "--epochs", "3", "--head-epochs", "2")
+    assert backbone_same(first) and backbone_same(second)
+    assert not torch.equal(first["head.weight"], second["head.weight"])
+    assert not backbone_same(third, buffers=False)
+    (last,) = tuned("slow", "--epochs", "1", "--backbone-lr-scale", "0")
+    assert backbone_same(last, buffers=False) and not backbone_same(last)  # BN stats do move
+    with pytest.raises(InputError, match="--init"):
+        supervised.fit(
+            data=small_fer_dir, arch="vgg_small", epochs=2, head_epochs=1, out=tmp_path / "x"
+        )

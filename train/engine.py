@@ -53,8 +53,12 @@ def make_optimizer(
     weight_decay: float,
     *,
     nesterov: bool = False,
+    slow: torch.nn.Module | None = None,
+    slow_factor: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9) or AdamW over the trainable parameters of ``modules``.
+    """SGD (momentum 0.9) or AdamW over the trainable parameters of ``modules``; the parameters
+    of ``slow`` (one of them, or a part of one: a pretrained backbone) learn at ``slow_factor``
+    times ``lr`` (the schedule scales every group alike, so the ratio holds).
 
     One weight-decay rule for every run (pretraining, supervised training and the fine-tuning of
     distill, prune and QAT), chosen because it is the one that regularises: decay on weight
@@ -66,9 +70,15 @@ def make_optimizer(
     """
     named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
     decayed = {id(p) for n, p in named if p.ndim > 1 and "queries" not in n}
+    slowed = set() if slow is None else {id(p) for p in slow.parameters()}
     groups = [
-        {"params": [p for _, p in named if id(p) in decayed], "weight_decay": weight_decay},
-        {"params": [p for _, p in named if id(p) not in decayed], "weight_decay": 0.0},
+        {
+            "params": [p for _, p in named if (id(p) in decayed, id(p) in slowed) == key],
+            "weight_decay": weight_decay if key[0] else 0.0,
+            "lr": lr * (slow_factor if key[1] else 1.0),
+        }
+        # the slow groups only when asked for: checkpoints hold the optimizer's group layout
+        for key in [(True, False), (False, False)] + ([(True, True), (False, True)] if slow else [])
     ]
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=nesterov)

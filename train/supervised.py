@@ -98,6 +98,8 @@ def fit(
     settings: dict | None = None,
     label_noise: float = 0.0,
     init: str | os.PathLike | None = None,
+    backbone_lr_scale: float = 1.0,
+    head_epochs: int = 0,
     train_split: str = "train",
     val_split: str = "val",
     val_data: str | os.PathLike | None = None,
@@ -123,6 +125,12 @@ def fit(
     t_start = time.time()
     if epochs < 1 or batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
+    if (backbone_lr_scale != 1.0 or head_epochs) and not init:
+        raise InputError(
+            "--backbone-lr-scale and --head-epochs are for a pretrained --init backbone"
+        )
+    if backbone_lr_scale < 0 or not 0 <= head_epochs < epochs:
+        raise InputError("--backbone-lr-scale must be >= 0 and --head-epochs in [0, --epochs)")
     device = engine.start(device, threads)
     spec = PreprocessSpec(size=size, channels=channels)
     out = Path(out)
@@ -147,6 +155,8 @@ def fit(
         "limit_per_class": limit_per_class,
         "seed": seed,
         "init": None if init is None else str(init),
+        "backbone_lr_scale": backbone_lr_scale,
+        "head_epochs": head_epochs,
     }
     # --benchmark writes nothing, not even the run folder
     run = None if benchmark else engine.Run(out, config)
@@ -191,7 +201,13 @@ def fit(
             file=sys.stderr,
         )
     opt = engine.make_optimizer(
-        [model, objective.extra], optimizer, lr, weight_decay, nesterov=True
+        [model, objective.extra],
+        optimizer,
+        lr,
+        weight_decay,
+        nesterov=True,
+        slow=model.backbone if backbone_lr_scale != 1.0 else None,
+        slow_factor=backbone_lr_scale,
     )
     steps_per_epoch = len(train) // batch_size
     sched = engine.warmup_cosine(
@@ -212,9 +228,13 @@ def fit(
     images = torch.from_numpy(train.images).to(device)  # uint8 on the device, augmented there
     augment_batch = training_augment(augment, spec)
 
+    head_only = [False]  # set per epoch by batches(): the first head_epochs train the head only
+
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         model.train()
         objective.extra.train()
+        if head_only[0]:
+            model.backbone.eval()  # the pretrained BatchNorm statistics stay as they are
         idx = idx.to(device)
         x = augment_batch(images[idx], g).contiguous(memory_format=torch.channels_last)
         with engine.autocast(device, amp):
@@ -225,7 +245,13 @@ def fit(
         sched.step()
         return {k: float(v.detach()) for k, v in parts.items()}
 
-    batches = lambda e: engine.epoch_batches(len(train), batch_size, seed, e)  # noqa: E731
+    def batches(epoch: int) -> list[torch.Tensor]:
+        """The epoch's batches; also freezes or frees the backbone for it (linear probing, then
+        fine-tuning: Kumar et al. 2022, so a random head does not distort pretrained features)."""
+        head_only[0] = epoch < head_epochs
+        model.backbone.requires_grad_(not head_only[0])
+        return engine.epoch_batches(len(train), batch_size, seed, epoch)
+
     if benchmark:
         print(
             engine.benchmark(

@@ -53,6 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-batch-size", type=int, default=128)
     p.add_argument("--finetune-lr", type=float, default=0.05)
     p.add_argument(
+        "--finetune-backbone-lr-scale",
+        type=float,
+        default=1.0,
+        help="fine-tuning from --init: the backbone learns at this times --finetune-lr",
+    )
+    p.add_argument(
+        "--finetune-head-epochs",
+        type=int,
+        default=0,
+        help="fine-tuning from --init: the first N epochs train the head only",
+    )
+    p.add_argument(
         "--out", default="runs/probe", help="folder for results.json, results.md, finetune runs"
     )
     add_run_arguments(

@@ -77,6 +77,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint whose backbone initialises the network (e.g. from fer-edge pretrain)",
     )
     p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=1.0,
+        help="with --init: the backbone learns at this times --lr (e.g. 0.1), the head at --lr",
+    )
+    p.add_argument(
+        "--head-epochs",
+        type=int,
+        default=0,
+        help="with --init: train only the head for the first N epochs (the backbone and its "
+        "BatchNorm statistics frozen), then everything: linear probing, then fine-tuning",
+    )
+    p.add_argument(
         "--label-fraction",
         type=float,
         default=1.0,

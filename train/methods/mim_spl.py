@@ -23,7 +23,10 @@ Retrieval relabelling: each noisy sample's L2-normalised embedding ranks the cle
 cosine similarity; the average precision of that ranking for class c (gallery items of class c
 are the relevant ones) is ``AP_c = sum_i rel_c(i) * precision@i / sum_i rel_c(i)``, and the soft
 label is ``AP / sum_c AP_c``. Clean samples train on their one-hot label, noisy ones on their soft
-label (soft cross-entropy, both branches).
+label (soft cross-entropy, both branches). The ``relabel`` setting replaces this step for
+ablations: ``model`` gives a noisy sample the network's own softmax prediction (self-training),
+``drop`` takes noisy samples out of the classification losses (they still train the MIM branch),
+``keep`` leaves their given labels (the split then only chooses DCL's samples).
 
 Distribution contrastive learning (clean samples only): class c keeps a diagonal Gaussian
 (mu_c, sigma_c^2) of clean embeddings z (L2-normalised pooled features), set from the clean set
@@ -67,7 +70,9 @@ DEFAULTS = {
     "dcl_weight": 0.1,
     "dcl_tau": 0.1,  # temperature of the softmax over classes on -shift
     "momentum": 0.9,  # EMA of the class distributions per step; w = 1 - momentum
+    "relabel": "retrieval",  # what noisy samples train on: retrieval, model, drop or keep
 }
+RELABEL = ("retrieval", "model", "drop", "keep")
 
 EPS = 1e-6
 
@@ -248,7 +253,10 @@ def retrieval_soft_labels(
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * logits.float().log_softmax(dim=-1)).sum(-1).mean()
+    """Cross-entropy against target distributions, averaged over the rows with target mass:
+    an all-zero row (a dropped sample) neither counts nor dilutes the others."""
+    total = -(targets * logits.float().log_softmax(dim=-1)).sum()
+    return total / targets.sum().clamp(min=1.0)
 
 
 class Objective(CrossEntropy):
@@ -264,6 +272,10 @@ class Objective(CrossEntropy):
                 raise InputError(f"mim-spl setting {key} must lie in (0, 1), got {cfg[key]}")
         if cfg["patch"] < 1 or spec.size % cfg["patch"]:
             raise InputError(f"mim-spl setting patch={cfg['patch']} must divide --size {spec.size}")
+        if cfg["relabel"] not in RELABEL:
+            raise InputError(
+                f"mim-spl setting relabel must be one of {', '.join(RELABEL)}, got {cfg['relabel']!r}"
+            )
         if cfg["parts"] < 1 or cfg["warmup"] < 1 or cfg["dcl_tau"] <= 0:
             raise InputError("mim-spl settings want parts >= 1, warmup >= 1 and dcl_tau > 0")
         self.device = device
@@ -285,7 +297,9 @@ class Objective(CrossEntropy):
         self.split_done = False
 
     def _smoothed(self, targets: torch.Tensor) -> torch.Tensor:
-        return targets * (1 - self.smoothing) + self.smoothing / self.num_classes
+        """Label smoothing of each target row; a dropped sample's all-zero row stays zero."""
+        mass = targets.sum(1, keepdim=True)
+        return targets * (1 - self.smoothing) + mass * self.smoothing / self.num_classes
 
     def loss(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, net = self.cfg, self.net
@@ -340,9 +354,15 @@ class Objective(CrossEntropy):
             clean[:] = True
         noisy = ~clean
         targets = F.one_hot(self.labels, self.num_classes).float()
-        targets[noisy] = retrieval_soft_labels(
-            z[noisy], z[clean], self.labels[clean], self.num_classes
-        )
+        relabel = self.cfg["relabel"]
+        if relabel == "retrieval":
+            targets[noisy] = retrieval_soft_labels(
+                z[noisy], z[clean], self.labels[clean], self.num_classes
+            )
+        elif relabel == "model":
+            targets[noisy] = logits[noisy].float().softmax(1)
+        elif relabel == "drop":
+            targets[noisy] = 0.0  # soft cross-entropy of a zero row is zero
         self.targets, self.clean, self.split_done = targets, clean, True
         self.extra["distributions"].reset(z[clean], self.labels[clean])
 
@@ -354,7 +374,7 @@ class Objective(CrossEntropy):
             "clean_precision": kept / max(1, clean.sum().item()),
             "clean_recall": kept / max(1, truly_clean.sum().item()),
         }
-        if noisy.any():
+        if noisy.any() and relabel in ("retrieval", "model"):
             relabelled = targets[noisy].argmax(1) == self.true_labels[noisy]
             record["relabel_accuracy"] = relabelled.float().mean().item()
         return record
