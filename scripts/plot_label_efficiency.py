@@ -1,8 +1,12 @@
 """Label-efficiency plot from ``fer-edge probe`` results: test accuracy against the fraction of
 training labels, one line per encoder and protocol. An encoder's rows may come from several probe
-folders (e.g. 1% and 10% fine-tuning in one run, 100% in another): repeat its label.
+folders (e.g. 1% and 10% fine-tuning in one run, 100% in another): repeat its label. ``--json``
+also writes the table, one row per method, protocol and label fraction (``method``, ``protocol``,
+``fraction``, ``test_accuracy``, ``val_accuracy``, ``epochs`` of pretraining, the probe
+``command``), so anyone can check and re-plot it.
 
     python scripts/plot_label_efficiency.py --out label_efficiency.png \\
+        --json docs/results/ssl_label_efficiency.json \\
         FRA=runs/probe_fra FRA=runs/probe_fra_ft100 scratch=runs/probe_random
 """
 
@@ -14,28 +18,48 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from fer_edge.data import write_json
 from fer_edge.errors import InputError
 from fer_edge.plots import pyplot, save
 
 MARKERS = {"finetune": "o-", "linear": "s--", "knn": "^:"}
 
 
-def read_rows(items: list[str]) -> dict[tuple[str, str], dict[float, float]]:
-    """``LABEL=PROBE_DIR ...`` -> {(label, protocol): {fraction: test accuracy}}."""
-    lines: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+def read_table(items: list[str]) -> list[dict]:
+    """``LABEL=PROBE_DIR ...`` -> one row per (label, protocol, fraction), later folders
+    replacing earlier ones' rows of the same key."""
+    table: dict[tuple[str, str, float], dict] = {}
     for item in items:
         label, sep, folder = item.partition("=")
         if not sep or not label or not folder:
             raise InputError(f"{item!r} is not LABEL=PROBE_DIR")
         path = Path(folder) / "results.json"
         try:
-            rows = json.loads(path.read_text())["rows"]
+            results = json.loads(path.read_text())
+            rows = results["rows"]
             for row in rows:
-                lines[(label, row["protocol"])][float(row["fraction"])] = row["test_accuracy"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+                key = (label, row["protocol"], float(row["fraction"]))
+                table[key] = {
+                    "method": label,
+                    "protocol": row["protocol"],
+                    "fraction": float(row["fraction"]),
+                    "test_accuracy": row["test_accuracy"],
+                    "val_accuracy": row.get("val_accuracy"),
+                    "epochs": results.get("pretrain_epochs"),
+                    "command": results.get("command"),
+                }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{path} is not a fer-edge probe result ({e})") from None
         if not rows:
             raise InputError(f"{path} has no result rows: nothing to plot")
+    return list(table.values())
+
+
+def read_rows(items: list[str]) -> dict[tuple[str, str], dict[float, float]]:
+    """``LABEL=PROBE_DIR ...`` -> {(label, protocol): {fraction: test accuracy}}."""
+    lines: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+    for row in read_table(items):
+        lines[(row["method"], row["protocol"])][row["fraction"]] = row["test_accuracy"]
     return lines
 
 
@@ -45,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--title", default="label efficiency", help="figure title")
+    p.add_argument("--json", help="also write the table of every row here")
     p.add_argument("runs", nargs="+", metavar="LABEL=PROBE_DIR", help="probe output folders")
     args = p.parse_args(argv)
     try:
@@ -52,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.json:
+        write_json(Path(args.json), {"rows": read_table(args.runs)})
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))

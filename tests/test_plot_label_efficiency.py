@@ -32,10 +32,18 @@ def test_merges_probe_folders_and_refuses_what_it_cannot_read(tmp_path, capsys):
     assert lines[("A", "linear")] == {0.01: 0.2}
     assert set(lines) == {("A", "finetune"), ("A", "linear"), ("B", "finetune")}
 
-    out = tmp_path / "fig.png"
-    assert plot_label_efficiency.main(["--out", str(out), f"A={a}", f"A={a100}", f"B={b}"]) == 0
+    out, table = tmp_path / "fig.png", tmp_path / "table.json"
+    argv = ["--out", str(out), "--json", str(table), f"A={a}", f"A={a100}", f"B={b}"]
+    assert plot_label_efficiency.main(argv) == 0
     img = cv2.imread(str(out))
     assert img is not None and img.shape[1] > img.shape[0] > 200
+    rows = json.loads(table.read_text())["rows"]
+    assert len(rows) == 5
+    assert {(r["method"], r["protocol"], r["fraction"], r["test_accuracy"]) for r in rows} == {
+        ("A", "finetune", 0.01, 0.3), ("A", "linear", 0.01, 0.2), ("A", "finetune", 1.0, 0.6),
+        ("B", "finetune", 0.01, 0.25), ("B", "finetune", 1.0, 0.55),
+    }  # fmt: skip
+    assert all(set(r) >= {"val_accuracy", "epochs", "command"} for r in rows)
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{not json")

@@ -70,6 +70,17 @@ def test_probe_protocols_end_to_end(small_fer_dir, tmp_path):
     assert (out / "finetune_0.1" / "best" / "model.json").is_file()
     table = (out / "results.md").read_text()
     assert table.count("| finetune |") == 2 and "| 10% |" in table
+    # the recorded command line gives back the arguments of this run
+    assert results["pretrain_epochs"] == 1
+    words = results["command"].split()
+    assert words[:2] == ["fer-edge", "probe"]
+    recorded = command_options("probe", words[2:])
+    given = command_options("probe", [
+        "--init", str(tmp_path / "ssl" / "last.pt"), "--data", str(small_fer_dir),
+        "--protocols", "linear", "knn", "finetune", "--fractions", "0.1", "1", "--finetune-epochs", "1",
+        "--finetune-batch-size", "16", "--out", str(out),
+    ])  # fmt: skip
+    assert recorded == given
 
 
 def test_random_baseline_and_bad_encoder(small_fer_dir, tmp_path, capsys):

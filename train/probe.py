@@ -36,13 +36,14 @@ PROTOCOLS = ("linear", "knn", "finetune")
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
-def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
+def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec, int | None]:
     """A FaceNet whose backbone comes from a pretrain checkpoint, a training checkpoint or a
-    pytorch bundle (its head is unused)."""
+    pytorch bundle (its head is unused), and the pretraining epochs behind a pretrain checkpoint
+    (None for the others)."""
     p = bundle_io.resolve(path)
     if p.is_dir():
         loaded = load_model(p)
-        return loaded.model, loaded.spec
+        return loaded.model, loaded.spec, None
     state = load_checkpoint(p, require=())
     if "backbone" in state:
         missing = [k for k in ("arch", "in_channels", "preprocess") if k not in state]
@@ -56,9 +57,10 @@ def load_encoder(path: str) -> tuple[FaceNet, PreprocessSpec]:
             raise CheckpointError(
                 f"{p}: backbone weights do not fit {state['arch']!r}: {str(e)[:300]}"
             ) from None
-        return model.eval(), PreprocessSpec.from_dict(state["preprocess"])
+        epochs = int(state["epoch"]) + 1 if "epoch" in state else None
+        return model.eval(), PreprocessSpec.from_dict(state["preprocess"]), epochs
     if all(k in state for k in MODEL_STATE_KEYS):
-        return model_from_state(state), PreprocessSpec.from_dict(state["preprocess"])
+        return model_from_state(state), PreprocessSpec.from_dict(state["preprocess"]), None
     raise CheckpointError(f"{p} holds neither 'backbone' weights nor a fer-edge model")
 
 
@@ -214,6 +216,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def probe_command(*, init, arch, size, channels, **options) -> str:
+    """The ``fer-edge probe`` command line that runs :func:`probe` with these arguments (recorded
+    in results.json, so every row says how it was made)."""
+    words = ["fer-edge", "probe"]
+    words += ["--init", str(init)] if init else ["--random", "--arch", arch, "--size", str(size)]
+    words += [] if init or channels == 1 else ["--channels", str(channels)]
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list | tuple) else [value]
+        words += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+    return " ".join(words)
+
+
 def probe(
     *,
     data: str | os.PathLike,
@@ -250,8 +267,16 @@ def probe(
         raise InputError(
             f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}"
         )
+    command = probe_command(
+        data=data, init=init, arch=arch, size=size, channels=channels, protocols=protocols,
+        fractions=fractions, seed=seed, k=k, limit_per_class=limit_per_class,
+        finetune_epochs=finetune_epochs, finetune_batch_size=finetune_batch_size,
+        finetune_lr=finetune_lr, finetune_backbone_lr_scale=finetune_backbone_lr_scale,
+        finetune_head_epochs=finetune_head_epochs, out=out,
+    )  # fmt: skip
+    pretrain_epochs = 0
     if init:
-        model, spec = load_encoder(init)
+        model, spec, pretrain_epochs = load_encoder(init)
     else:
         torch.manual_seed(seed)
         model, spec = (
@@ -269,6 +294,8 @@ def probe(
         "data": str(data),
         "seed": seed,
         "k": k,
+        "pretrain_epochs": pretrain_epochs,
+        "command": command,
         "finetune": {
             "epochs": finetune_epochs,
             "lr": finetune_lr,
