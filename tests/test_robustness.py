@@ -127,3 +127,22 @@ def test_camera_augment_is_reproducible_and_does_what_cameras_do(small_fer_dir):
     low = FaceAugment(spec, **still, downscale=1.0)(x, torch.Generator().manual_seed(1))
     # a low-resolution capture loses fine detail: less energy between neighbouring pixels
     assert (low.diff(dim=3).abs().mean()) < 0.9 * base.diff(dim=3).abs().mean()
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 2.5])
+def test_augment_blur_is_the_blur_the_robustness_check_applies(small_fer_dir, sigma):
+    """The training blur at sigma s matches cv2.GaussianBlur at s (what the blur shift does), up
+    to rounding and the border; a kernel cut at 3 px was as weak as cv2's 1.75 at sigma 2."""
+    torch = pytest.importorskip("torch")
+    from fer_edge.preprocess import PreprocessSpec
+    from fer_edge.train.augment import FaceAugment
+
+    faces = load_dataset(small_fer_dir, "val").images[:16]
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    aug = FaceAugment(PreprocessSpec(), blur=1.0, blur_sigma=(sigma, sigma))
+    ours = aug._blur(x, torch.Generator().manual_seed(0)).numpy()[:, 0] * 255
+    ref = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in faces]).astype(np.float32)
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # borders: reflect modes differ by a pixel
+    assert np.abs(ours - ref)[inner].mean() < 0.5
+    weaker = np.stack([cv2.GaussianBlur(f, (0, 0), sigma * 0.85) for f in faces]).astype(np.float32)
+    assert np.abs(ours - ref)[inner].mean() < np.abs(ours - weaker)[inner].mean()
