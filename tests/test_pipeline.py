@@ -17,6 +17,7 @@ from fer_edge.bundle import load_bundle  # noqa: E402
 from fer_edge.cli import main  # noqa: E402
 from fer_edge.compress import parity  # noqa: E402
 from fer_edge.errors import InputError  # noqa: E402
+from fer_edge.labels import FER_LABELS  # noqa: E402
 from fer_edge.train.pipeline import (  # noqa: E402
     PipelineStateError,
     load_config,
@@ -62,6 +63,9 @@ def test_every_stage_runs_and_the_report_holds_every_row(pipeline_run):
     for name in ROWS:
         row = report["rows"][name]
         assert 0 <= row["test_accuracy"] <= 1 and row["params"] > 0 and row["macs"] > 0
+        # accuracy is the support-weighted mean of the class recalls, so never below the lowest
+        assert 0 <= row["test_min_recall"] <= row["test_accuracy"] + 1e-9
+        assert row["test_min_recall_class"] in FER_LABELS
         formats = ["tflite", "openvino"] + ([] if name.endswith("int8") else ["onnx"])
         for fmt in formats:
             assert row[fmt]["bytes"] > 0 and row[fmt]["latency_ms"] > 0, (name, fmt, row[fmt])
@@ -77,6 +81,9 @@ def test_every_stage_runs_and_the_report_holds_every_row(pipeline_run):
     for png in ("reliability_shipped.png", "robustness.png"):
         assert f"({png})" in md
     assert "| model | format | T | ECE | worst-shift acc | worst shift |" in md
+    # the deployed INT8 scores are the runtime's, its lowest class recall too
+    assert qat["test_min_recall"] == qat["tflite"]["test_min_recall"]
+    assert f"{qat['test_min_recall']:.2f} ({qat['test_min_recall_class']})" in md
 
 
 def test_every_exported_bundle_is_calibrated_on_val_and_still_verifies(pipeline_run, capsys):
