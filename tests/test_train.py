@@ -222,3 +222,50 @@ def test_train_speed_script_times_every_part_of_the_step(small_fer_dir):
     summary = records[-1]
     assert summary["measure"] == "summary" and summary["compiled_over_eager"] is None
     assert 0 < summary["augment_share_of_train_step"] < 1
+
+
+def test_ema_ships_the_weight_average_and_resumes_to_the_same_one(
+    small_fer_dir, tmp_path, monkeypatch
+):
+    """--ema: validation scores the average and OUT/best ships it (not the raw weights); a run
+    cut after its first epoch resumes to the same average as an uninterrupted one."""
+    from fer_edge.bundle import load_bundle
+    from fer_edge.train import engine, supervised
+
+    def fit(out, **extra):
+        options = dict(data=small_fer_dir, arch="vgg_small", size=24, epochs=2, batch_size=32)
+        options |= dict(lr=0.05, ema=0.9, threads=1, progress=False, out=tmp_path / out)
+        return supervised.fit(**(options | extra))
+
+    def average(state):
+        return {k[len("module.") :]: v for k, v in state["ema"].items() if k != "n_averaged"}
+
+    class Killed(Exception):
+        pass
+
+    real_end = engine.Run.end_epoch
+
+    def end_then_die(self, record, state):
+        real_end(self, record, state)
+        raise Killed
+
+    monkeypatch.setattr(engine.Run, "end_epoch", end_then_die)
+    with pytest.raises(Killed):
+        fit("cut")
+    after = {1: average(load_checkpoint(tmp_path / "cut" / "last.pt"))}
+    monkeypatch.setattr(engine.Run, "end_epoch", real_end)
+    fit("cut", resume=True)
+    best = fit("whole")
+    whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    after[2] = average(whole)
+    for k, v in whole["ema"].items():  # the resumed run reaches the same average
+        assert torch.equal(v, load_checkpoint(tmp_path / "cut" / "last.pt")["ema"][k]), k
+    # OUT/best holds the average of its epoch, which differs from the raw weights
+    epoch = load_bundle(best).meta["metrics"]["val"]["epoch"]
+    shipped = load_checkpoint(best / "model.pt")["model"]
+    for k, v in shipped.items():
+        assert torch.equal(v, after[epoch][k]), k
+    raw = whole["model"]
+    assert any(not torch.equal(raw[k], after[2][k]) for k in raw if raw[k].is_floating_point())
+    with pytest.raises(InputError, match="--ema"):
+        fit("bad", ema=1.0)

@@ -109,8 +109,12 @@ class CrossEntropy:
         """Work between epochs (re-splitting, relabelling); returns numbers for the log."""
         return {}
 
-    def evaluate(self, val: FaceDataset, spec: PreprocessSpec, device) -> dict[str, float]:
-        return evaluate_split(self.net, val, spec, device)
+    def evaluate(
+        self, val: FaceDataset, spec: PreprocessSpec, device, net: torch.nn.Module | None = None
+    ) -> dict[str, float]:
+        """Validation scores of ``net`` (default: the network being trained; the run passes its
+        weight average when it keeps one)."""
+        return evaluate_split(net or self.net, val, spec, device)
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights (e.g. soft labels)."""

@@ -100,6 +100,7 @@ def fit(
     init: str | os.PathLike | None = None,
     backbone_lr_scale: float = 1.0,
     head_epochs: int = 0,
+    ema: float = 0.0,
     train_split: str = "train",
     val_split: str = "val",
     val_data: str | os.PathLike | None = None,
@@ -129,6 +130,8 @@ def fit(
         raise InputError(
             "--backbone-lr-scale and --head-epochs are for a pretrained --init backbone"
         )
+    if not 0 <= ema < 1:
+        raise InputError(f"--ema must be in [0, 1) (0 = off), got {ema}")
     if backbone_lr_scale < 0 or not 0 <= head_epochs < epochs:
         raise InputError("--backbone-lr-scale must be >= 0 and --head-epochs in [0, --epochs)")
     device = engine.start(device, threads)
@@ -157,6 +160,7 @@ def fit(
         "init": None if init is None else str(init),
         "backbone_lr_scale": backbone_lr_scale,
         "head_epochs": head_epochs,
+        "ema": ema,
     }
     # --benchmark writes nothing, not even the run folder
     run = None if benchmark else engine.Run(out, config)
@@ -209,6 +213,13 @@ def fit(
         slow=model.backbone if backbone_lr_scale != 1.0 else None,
         slow_factor=backbone_lr_scale,
     )
+    # An exponential moving average of the weights (and BatchNorm statistics), updated after
+    # every step: it is what validation scores and OUT/best ships when --ema is on.
+    averaged = None
+    if ema:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True
+        )
     steps_per_epoch = len(train) // batch_size
     sched = engine.warmup_cosine(
         opt, steps_per_epoch * epochs, int(steps_per_epoch * warmup_epochs)
@@ -221,6 +232,8 @@ def fit(
         objective.load_state_dict(resume_state["objective"])
         opt.load_state_dict(resume_state["optimizer"])
         sched.load_state_dict(resume_state["scheduler"])
+        if averaged is not None:
+            averaged.load_state_dict(resume_state["ema"])
         start_epoch = int(resume_state["epoch"]) + 1
         best = dict(resume_state.get("best", best))
         print(f"resumed {out} after epoch {start_epoch}", file=sys.stderr)
@@ -243,6 +256,8 @@ def fit(
         parts["loss"].backward()
         opt.step()
         sched.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         return {k: float(v.detach()) for k, v in parts.items()}
 
     def batches(epoch: int) -> list[torch.Tensor]:
@@ -268,7 +283,8 @@ def fit(
         return out
 
     def evaluate(epoch: int) -> dict[str, float]:
-        return {**objective.end_epoch(epoch), **objective.evaluate(val, spec, device)}
+        scored = None if averaged is None else averaged.module
+        return {**objective.end_epoch(epoch), **objective.evaluate(val, spec, device, net=scored)}
 
     def state(epoch: int) -> dict:
         return {
@@ -285,15 +301,19 @@ def fit(
             "scheduler": sched.state_dict(),
             "config": config,
             "best": best,
+            **({} if averaged is None else {"ema": averaged.state_dict()}),
         }
 
     def on_epoch_end(epoch: int, record: dict) -> None:
         if record[objective.select] > best[objective.select]:
             scores = {k: v for k, v in record.items() if k.startswith("val_")}
             best.update(epoch=epoch + 1, **scores)
+            shipped = state(epoch)
+            if averaged is not None:  # ship the average, which validation scored
+                shipped = {**shipped, "model": averaged.module.state_dict()}
             save_model_bundle(
                 out / "best",
-                state(epoch),
+                shipped,
                 metrics={"val": {**{k[4:]: v for k, v in scores.items()}, "epoch": epoch + 1}},
                 source={
                     "config": config,

@@ -77,6 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint whose backbone initialises the network (e.g. from fer-edge pretrain)",
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights with this decay per step "
+        "(e.g. 0.999); validation scores it and OUT/best ships it (0 = off)",
+    )
+    p.add_argument(
         "--backbone-lr-scale",
         type=float,
         default=1.0,

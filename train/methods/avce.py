@@ -207,11 +207,13 @@ class Objective(CrossEntropy):
         total = reg + self.cfg["ce_weight"] * ce + self.cfg["weight"] * contrast
         return {"loss": total, "regression": reg, "ce": ce, "avce": contrast}
 
-    def evaluate(self, val: FaceDataset, spec: PreprocessSpec, device) -> dict[str, float]:
+    def evaluate(
+        self, val: FaceDataset, spec: PreprocessSpec, device, net: torch.nn.Module | None = None
+    ) -> dict[str, float]:
         """val_ccc (mean over the axes), and RMSE, SAGR and CCC per axis; accuracy and macro-F1
         over the faces with a class label, when there are any."""
         truth = _va_targets(val, "validation data")
-        out = predict_logits(self.net, val.images, spec, device)
+        out = predict_logits(net or self.net, val.images, spec, device)
         rep = va_report(truth, out[:, self.k :])
         scores = {"val_ccc": rep["ccc"]}
         for axis in VA_AXES:
