@@ -7,19 +7,24 @@ parameters and MACs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fer_edge import atomic
 from fer_edge.bundle import Bundle
+from fer_edge.data import cache_dir
 from fer_edge.errors import InputError
 from fer_edge.preprocess import TTA_MODES
 from fer_edge.train import engine
 from fer_edge.train.augment import to_input
-from fer_edge.train.model_io import load_model
+from fer_edge.train.model_io import checkpoint_path, load_model
 from fer_edge.train.nets import build
 from fer_edge.train.predictor import tta_views
 
@@ -47,6 +52,42 @@ def kd_loss(
         log_target=True,
     )
     return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def clean_targets_key(ft: finetune.Finetune, teachers: list, teacher_tta: str) -> str:
+    """What the clean soft targets depend on: the training faces, each teacher's weights file,
+    the TTA views and the precision the teachers run at (bf16 where training autocasts)."""
+    h = hashlib.sha256(ft.images.cpu().numpy().tobytes())
+    for t in teachers:
+        h.update(hashlib.sha256(checkpoint_path(t).read_bytes()).digest())
+    h.update(f"{teacher_tta}|{engine.amp_dtype(ft.device, ft.amp)}|{ft.spec.to_dict()}".encode())
+    return h.hexdigest()[:32]
+
+
+def cached_clean_soft_targets(
+    ft: finetune.Finetune, key: str, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """``compute()`` once per ``key``: kept in the fer-edge cache, because scoring every training
+    face through an ensemble with TTA costs minutes on a CPU (ten crops of a wide teacher: more
+    than the student's training), and every ablation run and resume of a distillation would pay
+    it again. A damaged or foreign cache entry is recomputed."""
+    path = cache_dir() / f"teacher-targets-{key}.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape[0] == len(ft.images) and cached.dtype == np.float32:
+                print(f"teacher targets: cached {path}", file=sys.stderr)
+                return torch.from_numpy(cached).to(ft.device)
+        except (OSError, ValueError):
+            pass
+    targets = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, targets.cpu().numpy().astype(np.float32), allow_pickle=False)
+    except OSError:
+        pass  # caching is an optimisation; a read-only home must not stop distillation
+    return targets
 
 
 @torch.no_grad()
@@ -153,7 +194,11 @@ def distill(
 
     clean_logits = None
     if teacher_targets == "clean":
-        clean_logits = clean_soft_targets(ft, soft_targets)
+        clean_logits = cached_clean_soft_targets(
+            ft,
+            clean_targets_key(ft, teachers_given, teacher_tta),
+            lambda: clean_soft_targets(ft, soft_targets),
+        )
 
     def step(idx, g):
         net.train()

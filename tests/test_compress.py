@@ -13,7 +13,7 @@ pytest.importorskip("litert_torch")
 from fer_edge.bundle import load_bundle  # noqa: E402
 from fer_edge.compress import distill, finetune, prune, qat, quantize  # noqa: E402
 from fer_edge.compress.models import model_cost  # noqa: E402
-from fer_edge.data import load_dataset  # noqa: E402
+from fer_edge.data import cache_dir, load_dataset  # noqa: E402
 from fer_edge.errors import CheckpointError, InputError  # noqa: E402
 from fer_edge.labels import FER_LABELS  # noqa: E402
 from fer_edge.preprocess import PreprocessSpec  # noqa: E402
@@ -227,3 +227,36 @@ def test_mobilenetv3_student_prunes_and_quantises(small_fer_dir):
     logits, ref = predict_logits(int8, faces, spec), predict_logits(model, faces, spec)
     assert logits.shape == (32, len(FER_LABELS)) and np.isfinite(logits).all()
     assert np.abs(logits - ref).max() < 0.5 * np.abs(ref).max() + 0.1  # a quantised twin
+
+
+def test_clean_soft_targets_are_computed_once_per_teacher_set_and_view(
+    teacher, small_fer_dir, tmp_path
+):
+    """Cached by what they depend on: a second run reads them back, other TTA views or other
+    teacher weights get their own entry, and a damaged entry is recomputed."""
+    lm = load_model(teacher)
+    ft = finetune.Finetune(
+        {"method": "distill"}, lm.spec, data=small_fer_dir, epochs=1, lr=1e-3, out=tmp_path, **QUICK
+    )
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(len(ft.images) * 7, dtype=torch.float32).view(-1, 7)
+
+    key = distill.clean_targets_key(ft, [teacher], "flip")
+    first = distill.cached_clean_soft_targets(ft, key, compute)
+    again = distill.cached_clean_soft_targets(ft, key, compute)
+    assert len(calls) == 1 and torch.equal(first, again)
+    other = tmp_path / "other.pt"
+    state = load_checkpoint(teacher)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(other, state)
+    keys = {key, distill.clean_targets_key(ft, [teacher], "none")}
+    keys |= {distill.clean_targets_key(ft, [other], "flip")}
+    assert len(keys) == 3
+    entry = cache_dir() / f"teacher-targets-{key}.npy"
+    assert entry.is_file()
+    entry.write_bytes(b"not an array")
+    assert torch.equal(distill.cached_clean_soft_targets(ft, key, compute), first)
+    assert len(calls) == 2
