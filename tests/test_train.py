@@ -207,20 +207,34 @@ def test_train_benchmark_prints_one_json_line_and_writes_nothing(
     assert not out.exists()
 
 
-def test_train_speed_script_times_every_part_of_the_step(small_fer_dir):
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_train_speed_script_times_every_part_of_the_step(
+    small_fer_dir, monkeypatch, capsys, native_bf16
+):
     """scripts/train_speed.py: one JSON line per part of the training step, then the summary of
-    what each change is worth; every rate is a positive measured number."""
+    what each change is worth; every rate is a positive measured number. Both CPU paths: bf16
+    lines only where the CPU has bf16 (forced both ways here)."""
+    import runpy
+
+    from fer_edge.train import engine
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native_bf16)
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_speed.py"
-    argv = [sys.executable, str(script), "--data", str(small_fer_dir), "--arch", "vgg_small"]
-    argv += ["--batch-size", "32", "--steps", "1", "--threads", "1", "--no-compile"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    argv = [str(script), "--data", str(small_fer_dir), "--arch", "vgg_small"]
+    monkeypatch.setattr(sys, "argv", argv + ["--batch-size", "32", "--steps", "1", "--no-compile"])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     rates = {r["measure"]: r["images_per_s"] for r in records if r["measure"] != "summary"}
     expected = {"gather", "augment_standard", "augment_camera", "step_fp32", "train_step", "eval"}
     assert expected <= set(rates) and all(v > 0 for v in rates.values())
+    assert ("step_bf16_channels_last" in rates) == native_bf16
     summary = records[-1]
     assert summary["measure"] == "summary" and summary["compiled_over_eager"] is None
+    assert (summary["bf16_over_fp32"] is not None) == native_bf16
     assert 0 < summary["augment_share_of_train_step"] < 1
 
 
