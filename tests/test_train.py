@@ -274,6 +274,8 @@ def test_ema_ships_the_weight_average_and_resumes_to_the_same_one(
     after[2] = average(whole)
     for k, v in whole["ema"].items():  # the resumed run reaches the same average
         assert torch.equal(v, load_checkpoint(tmp_path / "cut" / "last.pt")["ema"][k]), k
+    history = logged_epochs(tmp_path / "whole")
+    assert all(0 <= h["raw_val_accuracy"] <= 1 and 0 <= h["val_accuracy"] <= 1 for h in history)
     # OUT/best holds the average of its epoch, which differs from the raw weights
     epoch = load_bundle(best).meta["metrics"]["val"]["epoch"]
     shipped = load_checkpoint(best / "model.pt")["model"]

@@ -283,8 +283,12 @@ def fit(
         return out
 
     def evaluate(epoch: int) -> dict[str, float]:
-        scored = None if averaged is None else averaged.module
-        return {**objective.end_epoch(epoch), **objective.evaluate(val, spec, device, net=scored)}
+        record = objective.end_epoch(epoch)
+        if averaged is None:
+            return {**record, **objective.evaluate(val, spec, device)}
+        # the raw weights' scores too (raw_val_*), so the log shows what the average is worth
+        raw = {f"raw_{k}": v for k, v in objective.evaluate(val, spec, device).items()}
+        return {**record, **objective.evaluate(val, spec, device, net=averaged.module), **raw}
 
     def state(epoch: int) -> dict:
         return {
