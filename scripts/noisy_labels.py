@@ -2,11 +2,17 @@
 
 Trains every (noise, method) pair of the grid with ``fer-edge train --label-noise NOISE --method
 METHOD`` (same arch, size, epochs, seed and training faces), scores each run's best-on-val bundle
-on the untouched test split with ``fer-edge eval --json``, and prints one JSON object. Runs are
-resumed, not repeated, when the script is started again with the same --out.
+on the untouched test split with ``fer-edge eval --json``, and prints one JSON object, with the
+clean/noisy split's precision and recall per epoch for the mim-spl runs. A method may carry its
+own settings, for ablations: ``mim-spl:relabel=drop`` or ``mim-spl:mim_weight=0,dcl_weight=0``.
+Runs are resumed, not repeated, when the script is started again with the same --out.
 
     python scripts/noisy_labels.py --data ../shared/data/fer2013 --out runs/noisy_labels \\
         --epochs 10 --limit-per-class 800 --jobs 2
+    # the ablation grid: each part of mim-spl removed
+    python scripts/noisy_labels.py --data ../shared/data/fer2013 --out runs/mim_ablation \\
+        --epochs 30 --methods ce mim-spl mim-spl:relabel=model mim-spl:relabel=drop \\
+        mim-spl:relabel=keep mim-spl:mim_weight=0 mim-spl:dcl_weight=0 mim-spl:warmup=31
 """
 
 from __future__ import annotations
@@ -46,8 +52,25 @@ def fer_edge(*argv: str) -> str:
     return done.stdout
 
 
-def cell(args: argparse.Namespace, noise: float, method: str) -> dict:
-    out = Path(args.out) / f"{method}_noise{noise:g}"
+# the clean/noisy split's diagnostics that mim-spl logs each epoch
+SPLIT_KEYS = ("clean_fraction", "clean_precision", "clean_recall", "relabel_accuracy")
+
+
+def parse_method(entry: str) -> tuple[str, list[str], str]:
+    """``METHOD[:KEY=VALUE,...]`` -> (method, its --set KEY=VALUE list, run folder name)."""
+    method, _, options = entry.partition(":")
+    settings = [kv for kv in options.split(",") if kv]
+    if any("=" not in kv for kv in settings):
+        raise SystemExit(f"error: {entry!r} is not METHOD[:KEY=VALUE,...]")
+    if settings and method != "mim-spl":
+        raise SystemExit(f"error: {entry!r}: only mim-spl takes settings here")
+    name = "_".join([method, *(kv.replace("=", "-") for kv in settings)])
+    return method, settings, name
+
+
+def cell(args: argparse.Namespace, noise: float, entry: str) -> dict:
+    method, own_settings, name = parse_method(entry)
+    out = Path(args.out) / f"{name}_noise{noise:g}"
     train = [
         "train", "--data", args.data, "--method", method, "--label-noise", str(noise),
         "--arch", args.arch, "--size", str(args.size), "--epochs", str(args.epochs),
@@ -55,7 +78,7 @@ def cell(args: argparse.Namespace, noise: float, method: str) -> dict:
         "--threads", str(args.threads), "--out", str(out), "--resume", "--no-progress",
     ]  # fmt: skip
     if method == "mim-spl":
-        train += [a for kv in args.set for a in ("--set", kv)]
+        train += [a for kv in [*args.set, *own_settings] for a in ("--set", kv)]
     t0 = time.time()
     fer_edge(*train)
     seconds = time.time() - t0
@@ -75,14 +98,10 @@ def cell(args: argparse.Namespace, noise: float, method: str) -> dict:
     )
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best = max(history, key=lambda h: h["val_accuracy"])
-    diagnostics = {
-        k: history[-1][k]
-        for k in ("clean_fraction", "clean_precision", "clean_recall", "relabel_accuracy")
-        if k in history[-1]
-    }
+    diagnostics = {k: history[-1][k] for k in SPLIT_KEYS if k in history[-1]}
     return {
         "noise": noise,
-        "method": method,
+        "method": entry,
         "run": str(out),
         "test_accuracy": report["accuracy"],
         "test_macro_f1": report["macro_f1"],
@@ -91,12 +110,19 @@ def cell(args: argparse.Namespace, noise: float, method: str) -> dict:
         "val_accuracy": best["val_accuracy"],
         "loss_per_epoch": [round(h["loss"], 4) for h in history],
         "last_epoch_split": diagnostics,
+        "split_per_epoch": [
+            {"epoch": h["epoch"], **{k: round(h[k], 4) for k in SPLIT_KEYS if k in h}}
+            for h in history
+            if "clean_precision" in h
+        ],
         "train_seconds": round(seconds, 1),
     }
 
 
 def main() -> int:
     args = parse_args()
+    for entry in args.methods:
+        parse_method(entry)  # refuse a malformed entry before hours of training
     grid = [(noise, method) for method in args.methods for noise in args.noise]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda nm: cell(args, *nm), grid))
