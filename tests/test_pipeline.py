@@ -308,3 +308,31 @@ def test_the_command_reports_a_damaged_state_file_as_an_error(small_fer_dir, tmp
     argv = ["pipeline", "--config", str(RECIPES / "ci.yaml"), "--data", str(small_fer_dir)]
     assert main([*argv, "--out", str(out)]) == 2
     assert "pipeline.json: stage 'teacher' has wall_s True" in capsys.readouterr().err
+
+
+def test_an_ensemble_row_scores_the_mean_of_its_teachers_logits():
+    from types import SimpleNamespace
+
+    from fer_edge.train.pipeline_report import ENSEMBLE_ROW, ensemble_row
+
+    labels = np.repeat(np.arange(7), 4)
+    test = SimpleNamespace(labels=labels)
+    # each teacher is sure and right on half the faces and unsure and wrong on the others: alone
+    # each scores 50%, their mean 100%
+    right, wrong = np.eye(7)[labels], np.eye(7)[(labels + 1) % 7]
+    half = (np.arange(len(labels)) < len(labels) // 2)[:, None]
+    logits = {
+        "teacher": np.where(half, 2 * right, wrong),
+        "teacher_2": np.where(half, wrong, 2 * right),
+    }
+    rows = {
+        "teacher": {"params": 10, "macs": 100},
+        "teacher_2": {"params": 5, "macs": 50},
+        "student_fp32": {"params": 1, "macs": 1},
+    }
+    row = ensemble_row(rows, logits, test)
+    assert row["test_accuracy"] == 1.0 and (logits["teacher"].argmax(1) == labels).mean() == 0.5
+    assert (row["params"], row["macs"], row["members"]) == (15, 150, ["teacher", "teacher_2"])
+    assert "confusion" not in row and row["test_min_recall_class"] in FER_LABELS
+    assert ensemble_row({"teacher": rows["teacher"]}, logits, test) is None
+    assert ENSEMBLE_ROW.startswith("teacher")

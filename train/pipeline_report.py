@@ -114,6 +114,29 @@ def measure_torch(model_path: Path, test) -> dict:
         **scores_on_test(test, logits, lm.labels),
         **model_cost(float_model, lm.spec),
         "pytorch": {"bytes": checkpoint_path(model_path).stat().st_size, "latency_ms": lat},
+        "logits": logits,
+    }
+
+
+ENSEMBLE_ROW = "teacher_ensemble"
+
+
+def ensemble_row(rows: dict[str, dict], logits: dict[str, np.ndarray], test) -> dict | None:
+    """The teachers of an ensemble as one row: the scores of their mean logits on ``test``
+    (what distillation learns from, single crop), and their parameters and MACs summed. None
+    with a single teacher."""
+    from fer_edge.labels import FER_LABELS
+
+    names = [n for n in rows if n.partition("_")[0] == "teacher" and n != ENSEMBLE_ROW]
+    if len(names) < 2:
+        return None
+    scores = scores_on_test(test, np.mean([logits[n] for n in names], axis=0), FER_LABELS)
+    scores.pop("confusion")
+    return {
+        **scores,
+        "params": sum(rows[n]["params"] for n in names),
+        "macs": sum(rows[n]["macs"] for n in names),
+        "members": names,
     }
 
 
@@ -341,10 +364,11 @@ def build_report(
     # reliability diagram
     confusions: dict[str, list] = {}
     probs: dict[str, np.ndarray] = {}
+    logits: dict[str, np.ndarray] = {}
     for name, (model, int8, fmts) in export_plan(models, targets).items():
         print(f"pipeline: measuring {name}", file=sys.stderr)
         row = measure_torch(model, test)
-        confusions[name] = row.pop("confusion")
+        confusions[name], logits[name] = row.pop("confusion"), row.pop("logits")
         if int8:  # PyTorch only simulates INT8: its size and speed say nothing about deployment
             row.pop("pytorch")
         for fmt in fmts:
@@ -360,6 +384,11 @@ def build_report(
             if first is not None:
                 row.update({k: first[k] for k in SCORE_KEYS})
         rows[name] = row
+    ensemble = ensemble_row(rows, logits, test)
+    if ensemble is not None:  # after its members, before the students
+        order = list(rows.items())
+        at = max(i for i, (n, _) in enumerate(order) if n in ensemble["members"]) + 1
+        rows = dict([*order[:at], (ENSEMBLE_ROW, ensemble), *order[at:]])
     fer = measure_fer_package(test)
     if fer is not None:
         fer.pop("confusion")
