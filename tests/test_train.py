@@ -285,3 +285,40 @@ def test_ema_ships_the_weight_average_and_resumes_to_the_same_one(
     assert any(not torch.equal(raw[k], after[2][k]) for k in raw if raw[k].is_floating_point())
     with pytest.raises(InputError, match="--ema"):
         fit("bad", ema=1.0)
+
+
+def test_mixup_and_cutmix_mix_faces_and_targets_reproducibly(small_fer_dir, tmp_path):
+    """Mixup blends whole faces, CutMix pastes a box of the partner whose area is 1 - lambda;
+    the same generator gives the same mix; lambda = 1 is the plain loss; only ce mixes."""
+    from fer_edge.train import supervised
+    from fer_edge.train.augment import mix_batch, to_input
+    from fer_edge.train.objective import CrossEntropy, ObjectiveSetup
+
+    spec = PreprocessSpec()
+    ds = load_dataset(small_fer_dir, "val")
+    x = to_input(torch.from_numpy(ds.images[:16]), spec)
+    mixed, perm, lam = mix_batch(x, torch.Generator().manual_seed(3), mixup=0.4)
+    assert 0 < lam < 1 and sorted(perm.tolist()) == list(range(16))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
+    again = mix_batch(x, torch.Generator().manual_seed(3), mixup=0.4)
+    assert torch.equal(again[0], mixed) and again[2] == lam
+    cut, perm, lam = mix_batch(x, torch.Generator().manual_seed(4), cutmix=1.0)
+    from_partner = (cut == x[perm]) & (cut != x)
+    inside = from_partner.any(0).any(0)  # the pasted box
+    assert inside.any() and 1 - inside.float().mean().item() == pytest.approx(lam, abs=0.02)
+    assert torch.equal(cut[:, :, ~inside], x[:, :, ~inside])
+
+    net = build("vgg_small")
+    setup = ObjectiveSetup(spec, 0.1, torch.device("cpu"), ds.labels)
+    ce = CrossEntropy(net, ds, ds, {}, setup)
+    idx = torch.arange(16)
+    net.eval()
+    plain, whole = ce.loss(x, idx)["loss"], ce.mixed_loss(x, idx, perm, 1.0)["loss"]
+    assert plain.item() == pytest.approx(whole.item(), rel=1e-6)
+
+    options = dict(data=small_fer_dir, arch="vgg_small", size=24, epochs=1, batch_size=32)
+    options |= dict(threads=1, progress=False, mixup=0.2, cutmix=1.0)
+    assert (supervised.fit(**options, out=tmp_path / "mix") / "model.json").is_file()
+    assert logged_epochs(tmp_path / "mix")[0]["loss"] > 0
+    with pytest.raises(InputError, match="--method ce"):
+        supervised.fit(**options, method="mim-spl", out=tmp_path / "mim")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -163,6 +164,34 @@ class FaceAugment:
         use = (torch.rand(n, generator=g) < self.erase).view(n, 1, 1)
         mask = (inside & use).unsqueeze(1).to(x.device)
         return torch.where(mask, torch.full_like(x, 0.5), x)
+
+
+def mix_batch(
+    x: torch.Tensor, g: torch.Generator, mixup: float = 0.0, cutmix: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a normalised NCHW batch with a
+    shuffled copy of itself: returns (mixed batch, partner index of each face, lambda), for the
+    loss ``lambda * CE(y) + (1 - lambda) * CE(y[partner])``. lambda ~ Beta(alpha, alpha) of the
+    chosen method; with both on, each batch takes one of them at even odds (timm's default).
+    CutMix pastes a box of the partner's face covering 1 - lambda of the image (clipped at the
+    border, lambda then recomputed from the box). Randomness comes from ``g`` alone, so resumed
+    runs mix the same way."""
+    n, _, h, w = x.shape
+    perm = torch.randperm(n, generator=g)
+    use_cutmix = cutmix > 0 and (mixup <= 0 or float(torch.rand(1, generator=g)) < 0.5)
+    # torch's Beta sampler takes no generator: a numpy one seeded from g keeps runs reproducible
+    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
+    lam = float(rng.beta(*(2 * [cutmix if use_cutmix else mixup])))
+    partner = x[perm.to(x.device)]
+    if not use_cutmix:
+        return lam * x + (1 - lam) * partner, perm, lam
+    cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
+    return mixed, perm, 1 - (bottom - top) * (right - left) / (h * w)
 
 
 def supervised_augment(spec: PreprocessSpec) -> FaceAugment:

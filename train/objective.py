@@ -78,6 +78,7 @@ class CrossEntropy:
     (higher is better) that picks the epoch saved to OUT/best."""
 
     select = "val_accuracy"
+    mixes = True  # takes --mixup/--cutmix batches (mixed_loss); objectives with own targets do not
 
     def __init__(
         self,
@@ -104,6 +105,19 @@ class CrossEntropy:
                 logits, self.labels[idx], ignore_index=-1, label_smoothing=self.smoothing
             )
         }
+
+    def mixed_loss(
+        self, x: torch.Tensor, idx: torch.Tensor, partner: torch.Tensor, lam: float
+    ) -> dict[str, torch.Tensor]:
+        """The loss of a batch mixed by ``augment.mix_batch``: face i is ``lam`` of face i and
+        ``1 - lam`` of face ``partner[i]``, and so is its target. Only the plain cross-entropy
+        objective mixes (``mixes``)."""
+        logits, y = self.net(x), self.labels[idx]
+
+        def ce(target):
+            return F.cross_entropy(logits, target, ignore_index=-1, label_smoothing=self.smoothing)
+
+        return {"loss": lam * ce(y) + (1 - lam) * ce(y[partner.to(y.device)])}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         """Work between epochs (re-splitting, relabelling); returns numbers for the log."""

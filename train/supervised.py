@@ -25,7 +25,7 @@ from fer_edge.labels import FER_LABELS
 from fer_edge.preprocess import PreprocessSpec
 
 from . import engine, methods
-from .augment import training_augment
+from .augment import mix_batch, training_augment
 from .checkpoint import load_checkpoint
 from .model_io import save_model_bundle
 from .nets import build
@@ -101,6 +101,8 @@ def fit(
     backbone_lr_scale: float = 1.0,
     head_epochs: int = 0,
     ema: float = 0.0,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
     train_split: str = "train",
     val_split: str = "val",
     val_data: str | os.PathLike | None = None,
@@ -130,6 +132,10 @@ def fit(
         raise InputError(
             "--backbone-lr-scale and --head-epochs are for a pretrained --init backbone"
         )
+    if mixup < 0 or cutmix < 0:
+        raise InputError("--mixup and --cutmix take a Beta alpha >= 0 (0 = off)")
+    if (mixup or cutmix) and not objective_module(method).Objective.mixes:
+        raise InputError(f"--mixup and --cutmix are for --method ce, not {method}")
     if not 0 <= ema < 1:
         raise InputError(f"--ema must be in [0, 1) (0 = off), got {ema}")
     if backbone_lr_scale < 0 or not 0 <= head_epochs < epochs:
@@ -161,6 +167,8 @@ def fit(
         "backbone_lr_scale": backbone_lr_scale,
         "head_epochs": head_epochs,
         "ema": ema,
+        "mixup": mixup,
+        "cutmix": cutmix,
     }
     # --benchmark writes nothing, not even the run folder
     run = None if benchmark else engine.Run(out, config)
@@ -249,9 +257,15 @@ def fit(
         if head_only[0]:
             model.backbone.eval()  # the pretrained BatchNorm statistics stay as they are
         idx = idx.to(device)
-        x = augment_batch(images[idx], g).contiguous(memory_format=torch.channels_last)
+        x = augment_batch(images[idx], g)
+        if mixup or cutmix:
+            x, partner, lam = mix_batch(x, g, mixup, cutmix)
+        x = x.contiguous(memory_format=torch.channels_last)
         with engine.autocast(device, amp):
-            parts = objective.loss(x, idx)
+            if mixup or cutmix:
+                parts = objective.mixed_loss(x, idx, partner, lam)
+            else:
+                parts = objective.loss(x, idx)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         opt.step()

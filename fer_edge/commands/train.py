@@ -77,6 +77,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint whose backbone initialises the network (e.g. from fer-edge pretrain)",
     )
     p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mix each batch with a shuffled copy of itself, lambda ~ Beta(ALPHA, ALPHA), and "
+        "the targets alike (e.g. 0.2; 0 = off; --method ce only)",
+    )
+    p.add_argument(
+        "--cutmix",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="paste a box of another face covering 1 - lambda of each image, lambda ~ "
+        "Beta(ALPHA, ALPHA) (e.g. 1.0); with --mixup too, each batch takes one at even odds",
+    )
+    p.add_argument(
         "--ema",
         type=float,
         default=0.0,

@@ -175,6 +175,8 @@ class Objective(CrossEntropy):
     :class:`fer_edge.train.objective.CrossEntropy` for the interface. Faces without both
     valence and arousal add no regression loss; faces labelled -1 add no cross-entropy."""
 
+    mixes = False  # its valence-arousal targets: not mixed
+
     select = "val_ccc"
 
     def __init__(self, net, train, val, cfg, setup):

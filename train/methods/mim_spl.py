@@ -263,6 +263,8 @@ class Objective(CrossEntropy):
     """See the module docstring. State between epochs: the training targets (one-hot or soft
     label per sample) and the clean mask, kept in ``state_dict`` so ``--resume`` is exact."""
 
+    mixes = False  # its per-sample soft targets and clean split: not mixed
+
     def __init__(self, net, train, val, cfg, setup):
         super().__init__(net, train, val, cfg, setup)
         spec, device = setup.spec, setup.device
