@@ -322,3 +322,25 @@ def test_mixup_and_cutmix_mix_faces_and_targets_reproducibly(small_fer_dir, tmp_
     assert logged_epochs(tmp_path / "mix")[0]["loss"] > 0
     with pytest.raises(InputError, match="--method ce"):
         supervised.fit(**options, method="mim-spl", out=tmp_path / "mim")
+
+
+def test_ema_decay_warms_up_so_the_average_leaves_the_random_start():
+    """The n-th update uses min(decay, (1 + n) / (10 + n)): the running values below are that
+    recursion by hand; a fixed 0.9 would give 1.1, 1.29, ... instead."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from fer_edge.train.supervised import ema_with_warmup
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    averaged = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.9))
+    expected, values = [], []
+    for step in range(1, 40):
+        with torch.no_grad():
+            net.weight.fill_(float(step))
+        averaged.update_parameters(net)
+        values.append(averaged.module.weight[0, 0].item())
+        n = step - 1
+        d = min(0.9, (1 + n) / (10 + n))
+        expected.append(float(step) if n == 0 else d * expected[-1] + (1 - d) * step)
+    assert values == pytest.approx(expected, rel=1e-6)
+    assert 1 - values[2] / 3 < 0.1  # near the weights after 3 updates, not near the start
