@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
@@ -35,14 +34,7 @@ from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
 from fer_edge.train.augment import to_input, training_augment
 from fer_edge.train.nets import build
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+from fer_edge.train.pipeline_report import hardware
 
 
 def rate(fn, batch_size: int, steps: int, warmup: int = 2) -> float:
@@ -73,7 +65,12 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(ds), generator=g)[:bs]
     bf16 = engine.cpu_has_native_bf16()
-    common = {"arch": args.arch, "batch_size": bs, "cpu": cpu_name(), "torch": torch.__version__}
+    common = {
+        "arch": args.arch,
+        "batch_size": bs,
+        "cpu": hardware()["cpu"],
+        "torch": torch.__version__,
+    }
     results = {}
 
     def emit(name: str, images_per_s: float, **fields) -> None:
