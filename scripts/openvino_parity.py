@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge import bundle as bundle_io
+from fer_edge.cpu import cpu_flags, cpu_name
 from fer_edge.data import load_dataset, stratified_subset
 from fer_edge.preprocess import normalize
 from fer_edge.runtimes import load_runtime
@@ -57,13 +57,6 @@ def latency_ms(bundle, hints: dict, x: np.ndarray, repeats: int = 300) -> float:
     return 1000 * statistics.median(times)
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="FER data with class folders (split root)")
@@ -78,7 +71,7 @@ def main() -> None:
         for d in sorted(MODELS.iterdir())
         if (d / "model.json").is_file() and bundle_io.load_bundle(d).format == "openvino"
     ]
-    flags = set(Path("/proc/cpuinfo").read_text().split())
+    flags = cpu_flags()
     report = {
         "cpu": cpu_name(),
         "avx512_bf16": "avx512_bf16" in flags,

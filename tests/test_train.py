@@ -170,6 +170,26 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert not engine.native_bf16_in("")
 
 
+def test_cpu_name_and_flags_come_from_cpuinfo_text(monkeypatch):
+    from fer_edge import cpu
+    from fer_edge.train import engine
+
+    epyc = (
+        "processor : 0\nmodel name : AMD EPYC 9R14\n"
+        + ZEN4
+        + "\n\nprocessor : 1\nmodel name : AMD EPYC 9R14\n"
+    )
+    assert cpu.model_name_in(epyc) == "AMD EPYC 9R14"
+    assert cpu.model_name_in("processor : 0\nCPU part : 0xd0c\nFeatures : fp asimd") is None
+    monkeypatch.setattr(cpu, "cpuinfo_text", lambda: epyc)
+    assert cpu.cpu_name() == "AMD EPYC 9R14" and "avx512_bf16" in cpu.cpu_flags()
+    assert engine.cpu_has_native_bf16()
+    monkeypatch.setattr(cpu, "cpuinfo_text", lambda: "model name : Xeon\n" + XEON_AVX512_NO_BF16)
+    assert not engine.cpu_has_native_bf16() and cpu.cpu_name() == "Xeon"
+    monkeypatch.setattr(cpu, "cpuinfo_text", lambda: "")  # not Linux: fp32, a name from platform
+    assert not engine.cpu_has_native_bf16() and cpu.cpu_name()
+
+
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cpu_training_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16):
     """Both CPU paths on any CPU: oneDNN runs bf16 by emulation where the CPU lacks it, so

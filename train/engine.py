@@ -9,7 +9,6 @@ end-of-epoch evaluation.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fer_edge import atomic
+from fer_edge.cpu import cpu_flags
 from fer_edge.errors import CheckpointError, InputError
 from fer_edge.plots import pyplot, save
 
@@ -93,16 +93,12 @@ def native_bf16_in(cpuinfo: str) -> bool:
     return bool(set(cpuinfo.split()) & {"avx512_bf16", "amx_bf16"})
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
     """:func:`native_bf16_in` for this machine's CPU. Read from the kernel's CPU flags because
     torch's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on plain
-    AVX-512, where oneDNN emulates bf16 and trains slower than fp32."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux: no cheap way to tell, so stay on the safe fp32 path
-        return False
-    return native_bf16_in(cpuinfo)
+    AVX-512, where oneDNN emulates bf16 and trains slower than fp32. Off Linux there is no
+    cheap way to tell, so it stays on the safe fp32 path."""
+    return native_bf16_in(" ".join(cpu_flags()))
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

@@ -19,6 +19,7 @@ import numpy as np
 from fer_edge import atomic
 from fer_edge.bundle import DEFAULT_BY_BACKEND, DEFAULT_STUDENT, load_bundle, save_bundle
 from fer_edge.calibration import expected_calibration_error, plot_reliability, softmax
+from fer_edge.cpu import cpu_name
 from fer_edge.errors import InputError
 from fer_edge.formats import EXPORT_FORMATS, NATIVE_BACKEND
 from fer_edge.plots import pyplot, save
@@ -176,16 +177,13 @@ def measure_fer_package(test) -> dict | None:
 def hardware() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "platform": platform.platform()}
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+    }
 
 
 def plot_latency(rows: dict, path: Path) -> None:
