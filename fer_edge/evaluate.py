@@ -5,7 +5,9 @@ format), a training checkpoint (.pt) or ``default``. Reports accuracy, macro-F1,
 precision/recall/F1 and one-vs-rest ROC-AUC, and the confusion matrix (optionally as a PNG), over
 the faces with a class label. For a model that also predicts valence and arousal (K + 2 outputs,
 e.g. from ``fer-edge train --method avce``) on data with valence/arousal columns, it adds RMSE,
-SAGR and CCC per axis and the mean CCC (``valence_arousal``).
+SAGR and CCC per axis and the mean CCC (``valence_arousal``). Several ``--model`` score an
+ensemble: the mean of their logits (what ``fer-edge distill`` learns from several teachers), its
+calibration error at temperature 1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from .scoring import scored
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="bundle folder, checkpoint .pt, or 'default'")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="bundle folder, checkpoint .pt, or 'default' (the default); repeat it to score an "
+        "ensemble: the mean of the models' logits",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -76,11 +83,33 @@ def evaluate(
     tta: str = "none",
     reliability_png: str | os.PathLike | None = None,
 ) -> dict:
-    """The metrics of MODEL on the labelled faces of ``data`` (see the module docstring);
-    ``reliability_png``: also draw the reliability diagram of its calibrated scores there."""
+    """The metrics of MODEL on the labelled faces of ``data`` (see the module docstring); a list
+    of models is scored as their ensemble (mean logits). ``reliability_png``: also draw the
+    reliability diagram of its calibrated scores there."""
+    models = [model] if isinstance(model, str | os.PathLike) else list(model)
+    if not models:
+        raise InputError("evaluate needs at least one model")
     ds, logits, labels, backend_used, temperature, seconds = scored(
-        model, data, split, backend, threads, batch_size, tta
+        models[0], data, split, backend, threads, batch_size, tta
     )
+    for other in models[1:]:
+        o_ds, o_logits, o_labels, o_backend, _, o_seconds = scored(
+            other, data, split, backend, threads, batch_size, tta
+        )
+        if tuple(o_labels) != tuple(labels) or not np.array_equal(o_ds.labels, ds.labels):
+            raise InputError(
+                f"{other}: an ensemble's models must share labels and faces, and {models[0]} "
+                f"has {', '.join(labels)}"
+            )
+        if o_logits.shape != logits.shape:
+            raise InputError(
+                f"{other}: {o_logits.shape[1]} outputs, {models[0]} has {logits.shape[1]}"
+            )
+        logits = logits + o_logits
+        backend_used, seconds = f"{backend_used}+{o_backend}", seconds + o_seconds
+    if len(models) > 1:
+        # The members' own temperatures were fitted to them alone, not to their mean
+        logits, temperature = logits / len(models), 1.0
     k = len(labels)
     labelled = ds.labels >= 0  # label lists may hold faces with valence/arousal only
     report = classification_report(ds.labels[labelled], logits[labelled, :k], labels)
@@ -89,14 +118,14 @@ def evaluate(
         report["ece"] = expected_calibration_error(probs, ds.labels[labelled])
         report["temperature"] = temperature
         if reliability_png:
-            title = f"{Path(str(model)).name} on {split or Path(str(data)).name}"
+            title = f"{' + '.join(Path(str(m)).name for m in models)} on {split or Path(str(data)).name}"
             plot_reliability(probs, ds.labels[labelled], reliability_png, title)
     if logits.shape[1] == k + 2 and ds.valence is not None:
         va = va_report(np.stack([ds.valence, ds.arousal], axis=1), logits[:, k:])
         if va["n"] > 1:
             report["valence_arousal"] = va
     report.update(
-        model=str(model),
+        model=str(models[0]) if len(models) == 1 else [str(m) for m in models],
         data=str(data),
         split=split,
         backend=backend_used,
@@ -117,7 +146,8 @@ def _va_lines(va: dict) -> list[str]:
 
 
 def _table(r: dict) -> str:
-    title = f"model {r['model']} ({r['backend']}) on {r['data']}" + (
+    name = r["model"] if isinstance(r["model"], str) else " + ".join(r["model"])
+    title = f"model {name} ({r['backend']}) on {r['data']}" + (
         f" [{r['split']}]" if r["split"] else ""
     )
     va = _va_lines(r["valence_arousal"]) if "valence_arousal" in r else []
@@ -147,8 +177,13 @@ def _table(r: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    models = args.model or ["default"]
+    if args.record and len(models) > 1:
+        raise InputError(
+            "--record stores one model's metrics; an ensemble has no bundle to hold them"
+        )
     report = evaluate(
-        args.model,
+        models,
         args.data,
         args.split,
         backend=args.backend,
@@ -158,15 +193,15 @@ def run(args: argparse.Namespace) -> int:
         reliability_png=args.reliability,
     )
     if args.record:
-        if not bundle_io.resolve(args.model).is_dir():
+        if not bundle_io.resolve(models[0]).is_dir():
             raise InputError("--record needs MODEL to be a bundle folder")
         summary = {k: report[k] for k in ("accuracy", "macro_f1", "macro_roc_auc", "n")}
         if "valence_arousal" in report:
             summary["valence_arousal"] = report["valence_arousal"]
         summary["data"] = Path(args.data).name + (f"/{args.split}" if args.split else "")
-        bundle_io.record_metrics(bundle_io.resolve(args.model), args.split or "eval", summary)
+        bundle_io.record_metrics(bundle_io.resolve(models[0]), args.split or "eval", summary)
     if args.confusion:
-        title = f"{Path(str(args.model)).name} on {args.split or Path(args.data).name}: acc {report['accuracy']:.3f}"
+        title = f"{' + '.join(Path(str(m)).name for m in models)} on {args.split or Path(args.data).name}: acc {report['accuracy']:.3f}"
         plot_confusion(report["confusion"], report["labels"], args.confusion, title)
     if args.json:
         json.dump(report, sys.stdout)

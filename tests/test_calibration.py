@@ -86,6 +86,22 @@ def test_eval_reports_ece_and_draws_the_reliability_diagram(small_fer_dir, tmp_p
     assert 0 < r["ece"] < 1 and r["temperature"] == 1.0 and png.stat().st_size > 10_000
 
 
+def test_eval_of_several_models_scores_the_mean_of_their_logits(small_fer_dir, capsys):
+    from fer_edge.scoring import labelled_logits
+
+    members = [str(MODELS / "default"), str(MODELS / "default_pytorch")]
+    argv = ["eval", "--data", str(small_fer_dir), "--split", "val", "--json"]
+    assert main([*argv, "--model", members[0], "--model", members[1]]) == 0
+    r = json.loads(capsys.readouterr().out)
+    (a, y, _), (b, _, _) = (labelled_logits(m, small_fer_dir, "val") for m in members)
+    want = ((a + b) / 2).argmax(1)
+    assert r["model"] == members and r["temperature"] == 1.0
+    assert r["accuracy"] == pytest.approx(float((want == y).mean()))
+    assert np.array_equal(np.asarray(r["confusion"]).sum(0), np.bincount(want, minlength=7))
+    assert main([*argv, "--model", members[0], "--model", members[1], "--record"]) == 2
+    assert "ensemble" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, 1e9, True, "2", None])
 def test_a_damaged_temperature_is_refused(bundle_copy, bad):
     meta = json.loads((bundle_copy / "model.json").read_text())
