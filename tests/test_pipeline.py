@@ -240,6 +240,15 @@ def test_bad_recipes_are_refused_with_the_reason(tmp_path, text, message):
         load_config(path)
 
 
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_shipped_recipe_passes_the_option_checks(recipe):
+    """A misspelt option in a long recipe would otherwise surface only when its stage starts,
+    hours in."""
+    from fer_edge.train.pipeline import check_recipe
+
+    check_recipe(load_config(RECIPES / recipe, data="d"))  # ci.yaml takes --data
+
+
 def test_a_bad_stage_option_names_the_stage(small_fer_dir, tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(f"data: {small_fer_dir}\nout: {tmp_path / 'o'}\nteacher: {{archh: vgg}}\n")
