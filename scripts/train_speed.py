@@ -29,12 +29,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fer_edge.cpu import cpu_name
 from fer_edge.data import load_dataset
 from fer_edge.preprocess import PreprocessSpec
 from fer_edge.train import engine
 from fer_edge.train.augment import to_input, training_augment
 from fer_edge.train.nets import build
-from fer_edge.train.pipeline_report import hardware
 
 
 def rate(fn, batch_size: int, steps: int, warmup: int = 2) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
     common = {
         "arch": args.arch,
         "batch_size": bs,
-        "cpu": hardware()["cpu"],
+        "cpu": cpu_name(),
         "torch": torch.__version__,
     }
     results = {}
