@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fer_edge import atomic
-from fer_edge.cpu import cpuinfo_text
+from fer_edge import atomic, cpu
 from fer_edge.errors import CheckpointError, InputError
 from fer_edge.plots import pyplot, save
 
@@ -98,7 +97,7 @@ def cpu_has_native_bf16() -> bool:
     torch's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on plain
     AVX-512, where oneDNN emulates bf16 and trains slower than fp32. Off Linux there is no
     cheap way to tell, so it stays on the safe fp32 path."""
-    return native_bf16_in(cpuinfo_text())
+    return native_bf16_in(cpu.cpuinfo_text())
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
