@@ -26,9 +26,10 @@ from fer_edge.train import engine
 from fer_edge.train.augment import to_input
 from fer_edge.train.model_io import checkpoint_path, load_model
 from fer_edge.train.nets import build
-from fer_edge.train.predictor import tta_views
+from fer_edge.train.predictor import predict_logits, tta_views
 
 from . import finetune
+from .balance import choose_posthoc_tau, class_log_prior, fold_into_head
 from .models import model_cost, refuse_valence_arousal
 
 MAX_STUDENT_PARAMS = 1_500_000
@@ -114,6 +115,7 @@ def distill(
     teacher_tta: str = "none",
     teacher_targets: str = "online",
     logit_adjust: float = 0.0,
+    posthoc_balance: bool = False,
     temperature: float = 4.0,
     alpha: float = 0.7,
     feat_weight: float = 0.0,
@@ -159,6 +161,7 @@ def distill(
         "teacher_tta": teacher_tta,
         "teacher_targets": teacher_targets,
         "logit_adjust": logit_adjust,
+        "posthoc_balance": posthoc_balance,
         "temperature": temperature,
         "alpha": alpha,
         "feat_weight": feat_weight,
@@ -166,8 +169,8 @@ def distill(
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
     t_nets = [t.model.to(ft.device).eval() for t in teachers]
     t_net = t_nets[0]  # the one feature distillation follows
-    counts = torch.bincount(ft.labels[ft.labels >= 0], minlength=len(labels)).float()
-    log_prior = torch.log((counts + 1) / (counts + 1).sum()).to(ft.device)
+    log_prior = class_log_prior(ft.labels, len(labels)).to(ft.device)
+    carried_adjust = logit_adjust  # what the raw logits carry; post-hoc balance adds to it
     net = build(student, len(labels), spec.channels).to(ft.device)
     cost = model_cost(net, spec)
     if cost["params"] > MAX_STUDENT_PARAMS and not allow_large:
@@ -232,14 +235,35 @@ def distill(
             "scheduler": sched.state_dict(),
             "projection": proj.state_dict(),
             "config": ft.config,
+            "logit_adjust": carried_adjust,
         }
 
     ft.fit(step, state, lambda e: ft.evaluate(net))
+    balance = {}
+    if posthoc_balance:
+        net.eval()
+        val_logits = predict_logits(net, ft.val.images, spec, ft.device)[:, : len(labels)]
+        tau, search = choose_posthoc_tau(
+            val_logits, ft.val.labels, log_prior.cpu().numpy(), list(ft.val.label_names)
+        )
+        fold_into_head(net.head, tau, log_prior)
+        carried_adjust = logit_adjust + tau
+        balance = {"posthoc_balance": {"tau": tau, "search": search}}
+        print(
+            "post-hoc balance on val (tau: accuracy, macro-F1, lowest recall): "
+            + ", ".join(
+                f"{r['tau']}: {r['accuracy']:.4f} {r['macro_f1']:.4f} {r['lowest_recall']:.2f}"
+                for r in search
+            )
+            + f" -> tau {tau}",
+            file=sys.stderr,
+        )
     val = ft.evaluate(net)
     teacher_val = ft.evaluate(t_net)  # the first teacher
     metrics = {
         "val": {"accuracy": val["val_accuracy"], "macro_f1": val["val_macro_f1"]},
         "teacher_val": {"accuracy": teacher_val["val_accuracy"]},
+        **balance,
         **cost,
     }
     b = ft.save_bundle(state(ft.epochs - 1), metrics)

@@ -16,6 +16,7 @@ from fer_edge.errors import InputError
 from fer_edge.train.model_io import load_model, model_from_state, structure_of
 
 from . import finetune
+from .balance import adjusted_cross_entropy, carried_logit_adjust, class_log_prior
 from .models import model_cost, refuse_valence_arousal
 
 
@@ -81,6 +82,9 @@ def prune(
     }
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
     net = src.model.to(ft.device)
+    # fine-tuning keeps the class balance the model was trained with (fer_edge.compress.balance)
+    carried = carried_logit_adjust(src.state)
+    log_prior = class_log_prior(ft.labels, len(labels)).to(ft.device)
     before = model_cost(net, spec)
     done = 0  # pruning steps applied to ``net``
     if ft.resume_state is not None:
@@ -115,7 +119,7 @@ def prune(
         x, y = ft.batch(idx, g)
         with ft.autocast():
             logits = net(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss = adjusted_cross_entropy(logits, y, carried, log_prior)
         return {"loss": ft.update(loss, opt, sched)}
 
     def state(epoch: int) -> dict:
@@ -132,6 +136,7 @@ def prune(
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "config": ft.config,
+            "logit_adjust": carried,
         }
 
     ft.fit(step, state, lambda e: ft.evaluate(net), on_epoch_start=on_epoch_start)

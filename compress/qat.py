@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
 from torch import nn
 
 from fer_edge.bundle import Bundle
@@ -21,6 +20,7 @@ from fer_edge.train.model_io import inference_state, load_model
 from fer_edge.train.predictor import predict_logits
 
 from . import finetune
+from .balance import adjusted_cross_entropy, carried_logit_adjust, class_log_prior
 from .models import model_cost, refuse_valence_arousal
 from .quantize import CALIBRATION_FACES, calibration_faces, convert, prepare_qat, ptq
 
@@ -68,6 +68,9 @@ def qat(
     ptq_val = accuracy(ptq(float_model, calib, spec, dev), ft.val, spec, dev)
     print(f"val accuracy: fp32 {fp32_val:.4f}, PTQ int8 {ptq_val:.4f}", file=sys.stderr)
 
+    # fine-tuning keeps the class balance the model was trained with (fer_edge.compress.balance)
+    carried = carried_logit_adjust(src.state)
+    log_prior = class_log_prior(ft.labels, len(src.labels)).to(dev)
     prepared = prepare_qat(float_model, spec, dev)
     opt, sched = ft.optimizer([prepared])
     if ft.resume_state is not None:
@@ -78,7 +81,7 @@ def qat(
     def step(idx, g):
         move_exported_model_to_train(prepared)
         x, y = ft.batch(idx, g)
-        loss = torch.nn.functional.cross_entropy(prepared(x), y)
+        loss = adjusted_cross_entropy(prepared(x), y, carried, log_prior)
         return {"loss": ft.update(loss, opt, sched)}
 
     def evaluate(epoch: int) -> dict:

@@ -37,6 +37,8 @@ from .nets import build
 MODEL_STATE_KEYS = ("model", "arch", "num_classes", "in_channels", "labels", "preprocess")
 # What pruned and QAT states add; a float state has none of them.
 KIND_STATE_KEYS = ("kind", "structure", "source_model")
+# The logit adjustment the raw logits carry (fer_edge.compress.balance), kept by every stage after
+MODEL_STATE_EXTRAS = ("logit_adjust",)
 # Attributes that fix a layer's tensor shapes; recorded for pruned models.
 SHAPE_ATTRS = {
     nn.Conv2d: ("in_channels", "out_channels", "groups"),
@@ -161,7 +163,11 @@ def inference_state(state: dict) -> dict:
     missing = [k for k in MODEL_STATE_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"a model state lacks {', '.join(missing)}")
-    return {k: state[k] for k in (*MODEL_STATE_KEYS, *KIND_STATE_KEYS) if k in state}
+    return {
+        k: state[k]
+        for k in (*MODEL_STATE_KEYS, *KIND_STATE_KEYS, *MODEL_STATE_EXTRAS)
+        if k in state
+    }
 
 
 def git_commit() -> str | None:

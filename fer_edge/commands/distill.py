@@ -7,7 +7,9 @@ features is pulled towards the teacher's (cosine distance). Several --teacher gi
 teacher over the flipped face or ten crops, --teacher-targets clean scores the unaugmented faces
 once instead of every augmented batch, and --logit-adjust TAU trains the student's logits plus
 TAU * log(class prior) (Menon et al., 2021), so its raw logits are balanced across classes
-(disgust is 1.5% of FER-2013 train). Writes a checkpoint every epoch
+(disgust is 1.5% of FER-2013 train); --posthoc-balance instead shifts the trained student's head
+bias by -TAU * log(class prior), with TAU chosen on the validation faces for macro-F1. Later
+QAT and pruning keep either adjustment. Writes a checkpoint every epoch
 (``--resume`` continues) and the final student as a pytorch bundle in OUT/bundle with its
 validation accuracy, parameters and MACs. From Python:
 ``fer_edge.compress.distill.distill(teacher=..., data=..., student=...)``.
@@ -54,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="TAU",
         help="train logits + TAU * log(class prior) so the raw logits are balanced (0 = off)",
+    )
+    p.add_argument(
+        "--posthoc-balance",
+        action="store_true",
+        help="after training, shift the head bias by -TAU * log(class prior), TAU in 0..2 chosen "
+        "on the validation faces for macro-F1 (the search is printed and kept in the bundle)",
     )
     p.add_argument(
         "--student", default="compact_cnn", choices=sorted(ARCHS), help="student architecture"
