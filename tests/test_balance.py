@@ -12,13 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 
+from train_helpers import save_untrained_checkpoint  # noqa: E402
+
 from fer_edge.compress import balance, distill, qat  # noqa: E402
 from fer_edge.data import load_dataset  # noqa: E402
 from fer_edge.labels import FER_LABELS  # noqa: E402
-from fer_edge.preprocess import PreprocessSpec  # noqa: E402
 from fer_edge.train.checkpoint import save_checkpoint  # noqa: E402
 from fer_edge.train.model_io import load_model  # noqa: E402
-from fer_edge.train.nets import build  # noqa: E402
 from fer_edge.train.predictor import predict_logits  # noqa: E402
 
 QUICK = {"batch_size": 32, "progress": False, "threads": 2}
@@ -86,20 +86,7 @@ def test_adjusted_cross_entropy_adds_the_prior_and_is_plain_at_zero():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("balance_teacher") / "teacher.pt"
-    save_checkpoint(
-        path,
-        {
-            "model": build("vgg_small").state_dict(),
-            "arch": "vgg_small",
-            "num_classes": 7,
-            "in_channels": 1,
-            "labels": list(FER_LABELS),
-            "preprocess": PreprocessSpec().to_dict(),
-        },
-    )
-    return path
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("balance_teacher") / "teacher.pt")
 
 
 def test_posthoc_balance_folds_the_val_chosen_shift_into_the_student(

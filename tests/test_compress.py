@@ -10,6 +10,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 pytest.importorskip("litert_torch")
 
+from train_helpers import save_untrained_checkpoint  # noqa: E402
+
 from fer_edge.bundle import load_bundle  # noqa: E402
 from fer_edge.compress import distill, finetune, prune, qat, quantize  # noqa: E402
 from fer_edge.compress.models import model_cost  # noqa: E402
@@ -27,21 +29,7 @@ QUICK = {"batch_size": 32, "limit_per_class": 8, "progress": False, "threads": 2
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build("vgg_small")
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "arch": "vgg_small",
-            "num_classes": 7,
-            "in_channels": 1,
-            "labels": list(FER_LABELS),
-            "preprocess": PreprocessSpec().to_dict(),
-        },
-    )
-    return path
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt")
 
 
 def _distill_options(teacher, data, out) -> dict:

@@ -49,3 +49,28 @@ def command_options(command: str, argv: list[str]) -> dict:
     parser = argparse.ArgumentParser()
     importlib.import_module(f"fer_edge.commands.{command}").add_arguments(parser)
     return keyword_arguments(parser.parse_args(argv))
+
+
+def save_untrained_checkpoint(path: Path, arch: str = "vgg_small") -> Path:
+    """A seeded, untrained FER-2013 model checkpoint at ``path``: a teacher for compression
+    tests, which need one that loads, not one that knows faces."""
+    import torch
+
+    from fer_edge.labels import FER_LABELS
+    from fer_edge.preprocess import PreprocessSpec
+    from fer_edge.train.checkpoint import save_checkpoint
+    from fer_edge.train.nets import build
+
+    torch.manual_seed(0)
+    save_checkpoint(
+        path,
+        {
+            "model": build(arch).state_dict(),
+            "arch": arch,
+            "num_classes": len(FER_LABELS),
+            "in_channels": 1,
+            "labels": list(FER_LABELS),
+            "preprocess": PreprocessSpec().to_dict(),
+        },
+    )
+    return path
