@@ -154,21 +154,11 @@ def default_out(model: str, target: str, int8: bool) -> Path:
 
 
 def export_model_name(model: str | None) -> str:
-    """``default_student`` -> the shipped student's PyTorch bundle, or, until it ships, the
-    teacher (default_pytorch), saying so on stderr."""
+    """``default_student`` (the default) -> the shipped student's PyTorch bundle."""
     model = model or "default_student"
-    if model not in ("default_student", bundle_io.DEFAULT_STUDENT):
-        return model
-    student = bundle_io.shipped_models() / bundle_io.DEFAULT_STUDENT
-    if (student / "model.json").is_file():
-        return str(student)
-    print(
-        f"fer-edge export: this installation ships no PyTorch weights of the default student "
-        f"({bundle_io.DEFAULT_STUDENT}); exporting the teacher default_pytorch instead "
-        "(--model to choose)",
-        file=sys.stderr,
-    )
-    return "default_pytorch"
+    if model in ("default_student", bundle_io.DEFAULT_STUDENT):
+        return str(bundle_io.shipped_models() / bundle_io.DEFAULT_STUDENT)
+    return model
 
 
 def export(
@@ -196,7 +186,13 @@ def export(
     if opset < 17:
         raise InputError(f"--opset must be 17 or later, got {opset}")
     model = export_model_name(model)
-    lm = load_model(model)
+    # Rebuilding a QAT graph imports the quantisation stack, which prints on the C++ streams;
+    # that output joins the converter log, whose name waits for the model's kind (_int8).
+    with tempfile.TemporaryDirectory(prefix="fer-edge-load-") as tmp:
+        load_log = Path(tmp) / "load.log"
+        with parity.output_to(load_log):
+            lm = load_model(model)
+        load_output = load_log.read_text(errors="replace")
     if lm.kind == "qat" and target == "onnx" and not int8:
         # ONNX is FP32 only: the QAT model's float source is what an FP32 target deploys (the
         # shipped default student is a QAT model, and `--target onnx` alone must still work).
@@ -212,12 +208,16 @@ def export(
         raise InputError("ONNX export is FP32; use --target tflite or openvino for INT8")
     if not out:
         out = default_out(model, target, int8)
+    log_path = Path(str(Path(out)).rstrip("/\\") + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(load_output)
     faces_from = data or parity.shipped_faces()
     precision = "int8" if int8 else "fp32"
     spec = lm.spec
     faces = parity.real_faces(faces_from, parity_split, spec, lm.labels, parity_faces)
     parity.require_faces(faces.images, faces_from)
-    net, reference, ref_name = _networks(lm, int8, data, calib_split, calib_faces)
+    with parity.output_to(log_path, "a"):  # post-training quantisation prints too
+        net, reference, ref_name = _networks(lm, int8, data, calib_split, calib_faces)
     net.eval()
     ref_logits = predict_logits(reference, faces.images, spec)
     x = torch.from_numpy(normalize(faces.images[:2], spec))
@@ -228,11 +228,10 @@ def export(
         "commit": git_commit(),
         "torch": torch.__version__,
     }
-    log_path = Path(str(Path(out)).rstrip("/\\") + ".log")
     with tempfile.TemporaryDirectory(prefix="fer-edge-export-") as tmp:
         tmp = Path(tmp)
         (tmp / "graph").mkdir()
-        with parity.output_to(log_path):  # the converters' progress lines and warnings
+        with parity.output_to(log_path, "a"):  # the converters' progress lines and warnings
             converted = convert(net, target, x, tmp / "graph", int8, opset)
         model_meta = {
             "format": target,

@@ -79,13 +79,14 @@ def require_faces(images: np.ndarray, data) -> float:
 
 
 @contextlib.contextmanager
-def output_to(log_path: Path):
+def output_to(log_path: Path, mode: str = "w"):
     """Send everything the converters print (to Python's and to the C++ file descriptors 1
-    and 2) and every warning they raise into ``log_path``, instead of the terminal."""
+    and 2) and every warning they raise into ``log_path``, instead of the terminal; ``mode``
+    "a" appends to it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    with open(log_path, "w") as log, warnings.catch_warnings():
+    with open(log_path, mode) as log, warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, cat, fn, ln, *a, **k: log.write(
             warnings.formatwarning(msg, cat, fn, ln)

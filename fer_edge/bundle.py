@@ -448,8 +448,8 @@ def wrap_graph(
     )
 
 
-# The student that `fer-edge export` converts by default, as PyTorch weights; until they ship,
-# export falls back to the teacher (default_pytorch) and says so.
+# The shipped student as PyTorch weights: what `fer-edge export` converts by default, so the
+# shipped INT8 bundles can be made again.
 DEFAULT_STUDENT = "default_student_pytorch"
 
 

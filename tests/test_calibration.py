@@ -73,7 +73,10 @@ def test_calibrate_stores_the_temperature_and_the_sdk_applies_it(
     before = Recognizer(MODELS / "default", detector=None).classify(faces)
     after = Recognizer(bundle_copy, detector=None).classify(faces)
     assert [r.label for r in before] == [r.label for r in after]  # no decision changes
-    logits = np.log(np.stack([r.probs for r in before]))  # logits up to a per-row constant
+    # the shipped bundle's own temperature is in ``before``: logits up to a per-row constant
+    logits = (
+        np.log(np.stack([r.probs for r in before])) * load_bundle(MODELS / "default").temperature
+    )
     want = calibration.softmax(logits, b.temperature)
     np.testing.assert_allclose(np.stack([r.probs for r in after]), want, atol=1e-4)
 
@@ -83,7 +86,9 @@ def test_eval_reports_ece_and_draws_the_reliability_diagram(small_fer_dir, tmp_p
     argv = ["eval", "--model", str(MODELS / "default"), "--data", str(small_fer_dir)]
     assert main([*argv, "--split", "val", "--json", "--reliability", str(png)]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert 0 < r["ece"] < 1 and r["temperature"] == 1.0 and png.stat().st_size > 10_000
+    shipped_t = load_bundle(MODELS / "default").temperature  # fitted on val by the pipeline
+    assert shipped_t != 1.0 and r["temperature"] == pytest.approx(shipped_t)
+    assert 0 < r["ece"] < 1 and png.stat().st_size > 10_000
 
 
 def test_eval_of_several_models_scores_the_mean_of_their_logits(small_fer_dir, capsys):

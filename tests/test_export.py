@@ -198,36 +198,23 @@ def test_cli_refuses_corrupt_checkpoint(small_fer_dir, tmp_path, capsys):
 
 
 def test_export_as_typed_works_in_an_empty_folder(tmp_path, monkeypatch, capsys):
-    """`fer-edge export --target tflite` and nothing else: the shipped default (the teacher
-    until the student's PyTorch weights ship), ./<model>_tflite, parity on the shipped faces,
-    and the converters' chatter in a log file instead of the terminal."""
+    """`fer-edge export --target tflite` and nothing else: the shipped student's PyTorch weights
+    (QAT INT8, so the export is INT8 with its learnt quantisation),
+    ./default_student_tflite_int8, parity on the shipped faces, and the converters' chatter in a
+    log file instead of the terminal (the quantisation stack's import chatter too)."""
     monkeypatch.chdir(tmp_path)
     assert cli_main(["export", "--target", "tflite"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    out = tmp_path / "default_pytorch_tflite"
+    out = tmp_path / "default_student_tflite_int8"
     b = load_bundle(out)
     p = b.meta["metrics"]["parity"]
-    assert b.format == "tflite" and p["passed"] and p["faces"] == 280
-    log = tmp_path / "default_pytorch_tflite.log"
+    assert b.format == "tflite" and b.precision == "int8"
+    assert p["passed"] and p["faces"] == 280
+    log = tmp_path / "default_student_tflite_int8.log"
     assert len(log.read_text().splitlines()) > 10  # the converters' lines went here...
     assert len(err) <= 5, err  # ...not to the terminal
-    assert any("exporting the teacher default_pytorch" in line for line in err)
     assert err[-1] == f"converter output: {log}"
     assert not any("training mode" in line for line in err)
-
-
-def test_export_defaults_to_the_shipped_student_when_it_ships(float_bundle, tmp_path, monkeypatch):
-    import shutil
-
-    from fer_edge import bundle as bundle_io
-
-    models = tmp_path / "models"
-    shutil.copytree(float_bundle, models / bundle_io.DEFAULT_STUDENT)
-    monkeypatch.setattr(bundle_io, "shipped_models", lambda: models)
-    monkeypatch.chdir(tmp_path)
-    name = export.export_model_name(None)
-    assert name == str(models / bundle_io.DEFAULT_STUDENT)
-    assert export.default_out(name, "tflite", False) == tmp_path / "default_student_tflite"
     assert export.default_out("runs/x/best", "openvino", True) == tmp_path / "best_openvino_int8"
 
 

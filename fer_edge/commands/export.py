@@ -3,8 +3,8 @@
 With no other flag (fer-edge export --target tflite) it exports the shipped default student
 into ./default_student_tflite, checked on the real FER-2013 faces shipped with the package.
 MODEL is a checkpoint, a pytorch bundle (float, pruned or QAT), or a shipped name:
-default_student (the default; the teacher default_pytorch while the student's PyTorch weights
-are not shipped) or default_pytorch (the teacher). Targets:
+default_student (the default: the shipped student's weights, QAT INT8) or default_pytorch (a
+`vgg` teacher). Targets:
 - onnx: FP32, opset 17 or later, dynamic batch (a QAT model, like the shipped student, exports
   the float network it was quantised from);
 - tflite: FP32 (litert-torch), or with --int8 full-integer INT8 with int8 input and output;
