@@ -59,9 +59,14 @@ def fold_into_head(head: nn.Linear, tau: float, log_prior: torch.Tensor) -> None
         head.bias[:k] -= tau * log_prior.to(head.bias.device, head.bias.dtype)
 
 
-def carried_logit_adjust(state: dict) -> float:
-    """The TAU a model state's raw logits carry (0 for a model trained without adjustment)."""
-    return float(state.get("logit_adjust", 0.0))
+def carried_logit_adjust(
+    state: dict, train_labels: torch.Tensor, num_classes: int
+) -> tuple[float, torch.Tensor]:
+    """(the TAU a model state's raw logits carry, 0 without adjustment; the class log prior of
+    the training labels, on their device): what a fine-tuning stage's
+    :func:`adjusted_cross_entropy` takes to keep the balance."""
+    tau = float(state.get("logit_adjust", 0.0))
+    return tau, class_log_prior(train_labels, num_classes).to(train_labels.device)
 
 
 def adjusted_cross_entropy(

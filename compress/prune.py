@@ -16,7 +16,7 @@ from fer_edge.errors import InputError
 from fer_edge.train.model_io import load_model, model_from_state, structure_of
 
 from . import finetune
-from .balance import adjusted_cross_entropy, carried_logit_adjust, class_log_prior
+from .balance import adjusted_cross_entropy, carried_logit_adjust
 from .models import model_cost, refuse_valence_arousal
 
 
@@ -83,8 +83,7 @@ def prune(
     ft = finetune.Finetune(config, spec, data=data, epochs=epochs, lr=lr, out=out, **options)
     net = src.model.to(ft.device)
     # fine-tuning keeps the class balance the model was trained with (fer_edge.compress.balance)
-    carried = carried_logit_adjust(src.state)
-    log_prior = class_log_prior(ft.labels, len(labels)).to(ft.device)
+    carried, log_prior = carried_logit_adjust(src.state, ft.labels, len(labels))
     before = model_cost(net, spec)
     done = 0  # pruning steps applied to ``net``
     if ft.resume_state is not None:

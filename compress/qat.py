@@ -20,7 +20,7 @@ from fer_edge.train.model_io import inference_state, load_model
 from fer_edge.train.predictor import predict_logits
 
 from . import finetune
-from .balance import adjusted_cross_entropy, carried_logit_adjust, class_log_prior
+from .balance import adjusted_cross_entropy, carried_logit_adjust
 from .models import model_cost, refuse_valence_arousal
 from .quantize import CALIBRATION_FACES, calibration_faces, convert, prepare_qat, ptq
 
@@ -69,8 +69,7 @@ def qat(
     print(f"val accuracy: fp32 {fp32_val:.4f}, PTQ int8 {ptq_val:.4f}", file=sys.stderr)
 
     # fine-tuning keeps the class balance the model was trained with (fer_edge.compress.balance)
-    carried = carried_logit_adjust(src.state)
-    log_prior = class_log_prior(ft.labels, len(src.labels)).to(dev)
+    carried, log_prior = carried_logit_adjust(src.state, ft.labels, len(src.labels))
     prepared = prepare_qat(float_model, spec, dev)
     opt, sched = ft.optimizer([prepared])
     if ft.resume_state is not None:

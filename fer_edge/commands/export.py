@@ -1,7 +1,7 @@
 """Export a PyTorch model to an ONNX, TFLite or OpenVINO bundle, checked against PyTorch.
 
 With no other flag (fer-edge export --target tflite) it exports the shipped default student
-into ./default_student_tflite, checked on the real FER-2013 faces shipped with the package.
+(INT8, from its QAT weights) into ./default_student_tflite_int8, checked on the real FER-2013 faces shipped with the package.
 MODEL is a checkpoint, a pytorch bundle (float, pruned or QAT), or a shipped name:
 default_student (the default: the shipped student's weights, QAT INT8) or default_pytorch (a
 `vgg` teacher). Targets:
