@@ -51,7 +51,9 @@ def student(teacher, small_fer_dir, tmp_path_factory):
     return distill.distill(**_distill_options(teacher, small_fer_dir, out)).root
 
 
-@pytest.mark.parametrize("arch", ["compact_cnn", "compact_cnn_wide", "mobilenetv3_small_075"])
+@pytest.mark.parametrize(
+    "arch", ["compact_cnn", "compact_cnn_wide", "mobilenetv3_small_075", "vgg_small", "vgg_medium"]
+)
 def test_students_are_small_and_run(arch):
     model = build(arch).eval()
     assert count_params(model) <= distill.MAX_STUDENT_PARAMS

@@ -107,6 +107,9 @@ class CompactBackbone(nn.Module):
 ARCHS = {
     "vgg": lambda c: VGGBackbone(c),
     "vgg_small": lambda c: VGGBackbone(c, (16, 32, 64, 128)),
+    # vgg_small with its last two stages 1.5x wider: the 12 and 6 px maps make width cheap there
+    # (0.63M parameters, 1.6x the FP32 latency, against 2.2x for every stage 1.25x wider).
+    "vgg_medium": lambda c: VGGBackbone(c, (16, 32, 96, 192)),
     "vgg_wide": lambda c: VGGBackbone(c, (64, 128, 256, 512)),
     "resnet18": lambda c: ResNetBackbone(18, c),
     "mobilenetv3_small": lambda c: MobileNetV3Backbone("small", c),
