@@ -97,8 +97,9 @@ def test_transforms_take_microseconds_not_a_solver_per_sample():
         inattentive(z)
         times.append(time.perf_counter() - t0)
     # The fastest of 50 runs: a busy machine slows most of them (the median reached 16 ms with
-    # the other core training), not all; the seed's solver took 1.3 s per mini-batch.
-    assert min(times) < 0.005
+    # the other core training), not all; the fastest reached 5.6 ms with both cores training.
+    # The seed's per-sample solver took 1.3 s per mini-batch, 26x over this bound.
+    assert min(times) < 0.05
 
 
 def test_angular_similarity():
