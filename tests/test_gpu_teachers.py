@@ -87,8 +87,8 @@ def test_train_without_a_pack_or_out_and_unpack_of_nothing_stop_with_named_error
 
 
 def test_train_refuses_to_leave_more_files_than_the_device_tool_returns(small_fer_dir, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
     subprocess.run(
         ["tar", "cJf", str(tmp_path / "pack.tar.xz"), "-C", str(small_fer_dir), "train", "val"],
         check=True,
@@ -97,7 +97,7 @@ def test_train_refuses_to_leave_more_files_than_the_device_tool_returns(small_fe
     (tmp_path / "pack.tar.xz").rename(tmp_path / "pack" / "fer2013.tar.xz")
     env = _env(
         tmp_path,
-        OUT=str(data),
+        OUT=str(out),
         DEVICE="cpu",
         ARCH="vgg_small",
         EPOCHS="1",
